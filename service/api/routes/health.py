@@ -1,0 +1,20 @@
+"""GET /health: 200 when the engine can serve, 503 (OpenAI error body) when it cannot."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+
+from service.errors import EngineUnavailableError
+
+router = APIRouter(tags=["health"])
+
+
+@router.get("/health")
+async def health(request: Request) -> dict[str, str]:
+    engine = request.app.state.engine
+    if engine is None:
+        raise EngineUnavailableError("The service is starting.", retry_after=5)
+    await engine.check_health()  # raises EngineUnavailableError -> 503
+    if request.app.state.services is None:
+        raise EngineUnavailableError("The service is starting.", retry_after=5)
+    return {"status": "ok"}

@@ -1,0 +1,140 @@
+"""What both completion endpoints share: serve a request on its route, as JSON or as SSE chunks.
+
+The endpoints differ only in how a choice, a delta and a log-prob listing look (``ResponseFormat``);
+the rest (cancellation on disconnect, usage, the ``self_reward`` and ``power`` extensions, the
+streamed finish and usage chunks) is here once.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import Request
+from fastapi.responses import JSONResponse, Response
+
+from service.api.deps import Services
+from service.api.protocol import new_id, now
+from service.api.streaming import (
+    ClientDisconnected,
+    EventStreamResponse,
+    cancel_on_disconnect,
+    sse_events,
+)
+from service.generation import Choice, ChoiceDelta, GenerationRequest, GenerationResult
+from service.prompts import PromptRenderer
+from service.router import Route
+
+__all__ = ["ResponseFormat", "respond"]
+
+
+class ResponseFormat(abc.ABC):
+    """The shape of one endpoint's responses."""
+
+    object_name: str
+    chunk_object_name: str
+    id_prefix: str
+
+    def __init__(self, renderer: PromptRenderer, top_logprobs: int | None):
+        self.renderer = renderer
+        # None: the request asked for no log-probs; k: each token's, with k alternatives.
+        self.top_logprobs = top_logprobs
+
+    @abc.abstractmethod
+    def choice(self, choice: Choice) -> dict[str, Any]:
+        """A whole choice of a non-streamed response."""
+
+    @abc.abstractmethod
+    def delta(self, delta: ChoiceDelta, *, first: bool) -> dict[str, Any]:
+        """A streamed increment of a choice; ``first`` for the choice's first chunk."""
+
+    @abc.abstractmethod
+    def finish(self, choice: Choice) -> dict[str, Any]:
+        """The chunk entry that ends a streamed choice."""
+
+    def alternatives(self, top: dict[int, float]) -> list[tuple[int, float]]:
+        """The k most likely tokens of a position, best first."""
+        ranked = sorted(top.items(), key=lambda item: item[1], reverse=True)
+        return ranked[: self.top_logprobs or 0]
+
+
+async def respond(
+    request: Request,
+    services: Services,
+    route: Route,
+    generation: GenerationRequest,
+    fmt: ResponseFormat,
+    *,
+    stream: bool,
+    include_usage: bool,
+) -> Response:
+    response_id, created = new_id(fmt.id_prefix), now()
+    if stream:
+        events = services.router.stream(route, generation)  # a bad request raises here: a 4xx
+        chunks = _chunks(events, fmt, response_id, created, route.model_id, include_usage)
+        return EventStreamResponse(sse_events(chunks))
+    try:
+        result = await cancel_on_disconnect(request, services.router.generate(route, generation))
+    except ClientDisconnected:
+        return Response(status_code=499)  # nobody is listening; the work has been cancelled
+    body = {
+        "id": response_id,
+        "object": fmt.object_name,
+        "created": created,
+        "model": route.model_id,
+        "choices": [fmt.choice(choice) for choice in result.choices],
+        "usage": _usage(result),
+    } | _extensions(result)
+    return JSONResponse(body)
+
+
+async def _chunks(
+    events: AsyncIterator[ChoiceDelta | Choice | GenerationResult],
+    fmt: ResponseFormat,
+    response_id: str,
+    created: int,
+    model: str,
+    include_usage: bool,
+) -> AsyncIterator[dict[str, Any]]:
+    def chunk(choices: list[dict[str, Any]], **extra: Any) -> dict[str, Any]:
+        head = {
+            "id": response_id,
+            "object": fmt.chunk_object_name,
+            "created": created,
+            "model": model,
+        }
+        return head | {"choices": choices} | extra
+
+    started: set[int] = set()
+    async for event in events:
+        if isinstance(event, ChoiceDelta):
+            yield chunk([fmt.delta(event, first=event.index not in started)])
+            started.add(event.index)
+        elif isinstance(event, Choice):
+            if event.index not in started:  # ended before any delta: open it first
+                yield chunk([fmt.delta(ChoiceDelta(index=event.index), first=True)])
+                started.add(event.index)
+            entry = fmt.finish(event) | {"self_reward": event.self_reward}
+            if event.report is not None:
+                entry["power"] = event.report
+            yield chunk([entry])
+        elif include_usage:
+            yield chunk([], usage=_usage(event), **_extensions(event))
+
+
+def _usage(result: GenerationResult) -> dict[str, int]:
+    completion = result.completion_tokens
+    return {
+        "prompt_tokens": result.prompt_tokens,
+        "completion_tokens": completion,
+        "total_tokens": result.prompt_tokens + completion,
+    }
+
+
+def _extensions(result: GenerationResult) -> dict[str, Any]:
+    """Beside usage: the self-reward on every route, and the power report on the power route."""
+    extra: dict[str, Any] = {"self_reward": result.self_reward}
+    if result.report is not None:
+        extra["power"] = result.report
+    return extra

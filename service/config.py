@@ -1,0 +1,108 @@
+"""Settings of the service.
+
+One pydantic-settings class holds every knob. Each is an environment variable (``POWERSERVE_<NAME>``;
+``HOST``, ``PORT`` and ``REDIS_URL`` also without the prefix), a line of a ``.env`` file, and a flag of
+``powerserve serve`` (``--max-model-len 4096``). The app factory builds it once and passes it down.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import AliasChoices, Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+__all__ = ["DEFAULT_MODEL_NAME", "Settings"]
+
+DEFAULT_MODEL_NAME = "smollm2-135m-instruct"
+
+
+def _alias(name: str, bare: str) -> AliasChoices:
+    return AliasChoices(name, bare, f"POWERSERVE_{bare}")
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="POWERSERVE_",
+        env_file=".env",
+        extra="ignore",
+        populate_by_name=True,
+        cli_kebab_case=True,
+    )
+
+    # --- network -------------------------------------------------------------------------------
+    host: str = Field("127.0.0.1", validation_alias=_alias("host", "HOST"), description="Bind address.")
+    port: int = Field(8000, validation_alias=_alias("port", "PORT"), ge=0, le=65535)
+    log_level: str = Field("info", description="Log level of the service and uvicorn.")
+
+    # --- model ---------------------------------------------------------------------------------
+    model: Path | None = Field(
+        None,
+        description="A local Hugging Face model directory. Unset: the embedded default "
+        f"({DEFAULT_MODEL_NAME}), prepared once under cache-dir.",
+    )
+    model_name: str | None = Field(
+        None, description="Model id served; defaults to the model directory's name."
+    )
+    distilled_adapter: Path | None = Field(
+        None,
+        description="LoRA adapter directory served as <model>-distilled; unset, that route is absent.",
+    )
+    cache_dir: Path = Field(
+        Path.home() / ".cache" / "powerserve",
+        description="Where the embedded default model is prepared (outside the repository).",
+    )
+
+    # --- vLLM engine ---------------------------------------------------------------------------
+    max_model_len: int = Field(2048, ge=16, description="Context length (prompt + answer).")
+    dtype: str = Field("float32", description="float32 on CPUs without AVX-512 bf16; auto on GPUs.")
+    enforce_eager: bool = Field(
+        True, description="Skip graph capture: 30 s start-up instead of 200 s on CPU."
+    )
+    gpu_memory_utilization: float = Field(0.5, gt=0, le=1)
+    kv_cache_gib: int = Field(2, ge=1, description="KV-cache size on CPU (VLLM_CPU_KVCACHE_SPACE).")
+    max_num_seqs: int = Field(256, ge=1, description="Sequences the engine batches at once.")
+    engine_start_timeout_s: float = Field(600.0, gt=0)
+
+    # --- requests ------------------------------------------------------------------------------
+    max_n: int = Field(16, ge=1, description="Largest `n` (samples per request) accepted.")
+    default_max_tokens: int = Field(
+        1024,
+        ge=1,
+        description="max_tokens of a chat request that sets none (capped by the context).",
+    )
+
+    # --- power route ---------------------------------------------------------------------------
+    power_alpha: float = Field(
+        4.0, ge=1, description="Default alpha (temperature 1/alpha) of the power route."
+    )
+    power_mcmc_steps: int = Field(10, ge=0, description="Default Metropolis-Hastings steps per block.")
+    power_max_tokens: int = Field(
+        256,
+        ge=1,
+        description="max_tokens of a power request that sets none (each token costs many).",
+    )
+    power_top_logprobs: int = Field(
+        20,
+        ge=1,
+        description="Top-k raw log-probs per proposed token, from which the acceptance normalisers "
+        "are computed (exact when k covers the vocabulary; otherwise a bounded lower bound).",
+    )
+    power_token_budget: int = Field(
+        200_000,
+        ge=1,
+        description="Most tokens one power request may make the engine generate (all chains, "
+        "rejected proposals included); a request whose worst case exceeds it is refused with 400.",
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> Settings:
+        if self.model is not None and not self.model.is_dir():
+            raise ValueError(f"POWERSERVE_MODEL={self.model} is not a directory")
+        return self
+
+    @property
+    def served_model_name(self) -> str:
+        if self.model_name:
+            return self.model_name
+        return self.model.name if self.model is not None else DEFAULT_MODEL_NAME

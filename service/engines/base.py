@@ -1,0 +1,165 @@
+"""The engine contract: the one interface every route reaches the model through.
+
+An engine turns a token-id prompt into generated tokens, each with its raw log-probability under the
+model (no temperature, top-p or penalties applied) and, when asked, the top-k raw log-probabilities
+of its position. Routes never see vLLM: plain sampling, the power sampler and the distilled model are
+all built from ``generate`` calls, as vLLM's own beam search is built from its ``EngineClient``.
+
+To add a backend, implement ``generate`` (and ``start``/``close``/``check_health``); ``complete`` and
+``score`` come with it.
+"""
+
+from __future__ import annotations
+
+import abc
+import hashlib
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+
+__all__ = [
+    "Engine",
+    "EngineInfo",
+    "Generated",
+    "SamplingOptions",
+    "derive_seed",
+    "new_request_id",
+]
+
+
+def new_request_id(prefix: str = "gen") -> str:
+    return f"{prefix}-{uuid.uuid4().hex}"
+
+
+def derive_seed(*parts: int | str) -> int:
+    """A 63-bit engine seed from a request seed and the coordinates of one engine request.
+
+    vLLM seeds neighbouring integers' streams so that they overlap (seeds 0..15 gave nearly the
+    same samples), so every sample or MCMC proposal gets a hash of (seed, sample, step, ...) instead
+    of ``seed + i``: well-separated seeds keep proposals independent and the chain unbiased.
+    """
+    digest = hashlib.blake2b(repr(parts).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") >> 1
+
+
+@dataclass(frozen=True, kw_only=True)
+class SamplingOptions:
+    """How to sample one sequence. Keyword-only, so calls read as what they ask for::
+
+    SamplingOptions(max_tokens=64, temperature=0.25, top_logprobs=20, seed=7)
+    """
+
+    max_tokens: int
+    temperature: float = 1.0
+    top_p: float = 1.0
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    stop: tuple[str, ...] = ()
+    seed: int | None = None
+    # How many raw top-k log-probs to return per position (0: only the sampled token's own).
+    top_logprobs: int = 0
+    # Name of a LoRA adapter the engine was started with; None = the base model.
+    adapter: str | None = None
+    # Decode text as tokens arrive. Off for MCMC proposals: they work on token ids only.
+    detokenize: bool = True
+
+    def __post_init__(self) -> None:
+        if self.max_tokens < 1:
+            raise ValueError(f"max_tokens must be >= 1, got {self.max_tokens}")
+        if self.temperature < 0:
+            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+
+
+@dataclass(kw_only=True)
+class Generated:
+    """Tokens of one sequence: a streamed increment, or (from ``complete``) the whole answer."""
+
+    token_ids: list[int] = field(default_factory=list)
+    # Raw log p(token | prefix) under the model, one per token.
+    logprobs: list[float] = field(default_factory=list)
+    # Per position, {token id: raw log p} of the top-k tokens (and the sampled one); empty unless
+    # SamplingOptions.top_logprobs > 0.
+    top_logprobs: list[dict[int, float]] = field(default_factory=list)
+    text: str = ""
+    # "stop" (EOS or a stop string), "length" (max_tokens), or None while the sequence runs.
+    finish_reason: str | None = None
+
+    def extend(self, more: Generated) -> None:
+        self.token_ids += more.token_ids
+        self.logprobs += more.logprobs
+        self.top_logprobs += more.top_logprobs
+        self.text += more.text
+        self.finish_reason = more.finish_reason or self.finish_reason
+
+
+@dataclass(frozen=True, kw_only=True)
+class EngineInfo:
+    """What routes need to know about the model behind an engine."""
+
+    model_id: str
+    max_model_len: int
+    vocab_size: int
+    eos_token_ids: frozenset[int]
+    adapters: tuple[str, ...] = ()
+
+
+class Engine(abc.ABC):
+    """A model that generates from token-id prompts. Safe to call concurrently: implementations
+    batch concurrent ``generate`` calls rather than serialise them."""
+
+    info: EngineInfo
+
+    async def start(self) -> None:  # noqa: B027 - optional hook
+        """Bring the engine up; ``info`` is valid afterwards."""
+
+    async def close(self) -> None:  # noqa: B027 - optional hook
+        """Release the engine's processes and connections."""
+
+    @abc.abstractmethod
+    def generate(
+        self,
+        prompt_ids: Sequence[int],
+        options: SamplingOptions,
+        *,
+        request_id: str | None = None,
+        stream: bool = False,
+    ) -> AsyncIterator[Generated]:
+        """Sample one sequence after ``prompt_ids``.
+
+        With ``stream`` each item is an increment as tokens arrive; otherwise a single item holds
+        the whole sequence. Cancelling the iterating task aborts the request in the engine.
+        Raises ``EngineUnavailableError`` when the engine cannot serve, ``EngineError`` when this
+        request failed.
+        """
+
+    @abc.abstractmethod
+    async def check_health(self) -> None:
+        """Return when the engine can serve; raise ``EngineUnavailableError`` otherwise."""
+
+    @abc.abstractmethod
+    async def score(
+        self, token_ids: Sequence[int], start: int, *, adapter: str | None = None
+    ) -> list[float]:
+        """Raw log p of ``token_ids[t]`` given ``token_ids[:t]``, for every ``t >= start``.
+
+        One prefill pass; used to measure an answer's self-reward under the base model.
+        """
+
+    def num_running_requests(self) -> int:
+        """Requests the engine holds now (queued or running); for metrics and tests."""
+        return 0
+
+    async def complete(
+        self,
+        prompt_ids: Sequence[int],
+        options: SamplingOptions,
+        *,
+        request_id: str | None = None,
+    ) -> Generated:
+        """Generate one whole sequence."""
+        result = Generated()
+        async for part in self.generate(prompt_ids, options, request_id=request_id):
+            result.extend(part)
+        return result

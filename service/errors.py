@@ -1,0 +1,74 @@
+"""Exceptions of the service.
+
+Every layer raises these; only ``service.api.errors`` turns them into HTTP responses.
+
+    PowerserveError
+    ├── InvalidRequestError            the request cannot be served as asked (400)
+    │   ├── ContextLengthError         prompt + answer exceed the model's context (400)
+    │   └── TokenBudgetError           a power request would generate too many tokens (400)
+    ├── ModelNotFoundError             no route serves the requested model (404)
+    ├── EngineUnavailableError         the engine is starting, dead or has no healthy worker (503)
+    └── EngineError                    the engine failed on this request (500)
+
+Callers that only need "did it work" catch ``PowerserveError``.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "ContextLengthError",
+    "EngineError",
+    "EngineUnavailableError",
+    "InvalidRequestError",
+    "ModelNotFoundError",
+    "PowerserveError",
+    "TokenBudgetError",
+]
+
+
+class PowerserveError(Exception):
+    """Base of every error the service raises on purpose."""
+
+    def __init__(self, message: str, *, param: str | None = None, code: str | None = None):
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        self.code = code
+
+
+class InvalidRequestError(PowerserveError):
+    """A parameter is out of range or inconsistent; ``param`` names it."""
+
+
+class ContextLengthError(InvalidRequestError):
+    def __init__(self, message: str, *, param: str | None = None):
+        super().__init__(message, param=param, code="context_length_exceeded")
+
+
+class TokenBudgetError(InvalidRequestError):
+    def __init__(self, message: str, *, param: str | None = None):
+        super().__init__(message, param=param, code="token_budget_exceeded")
+
+
+class ModelNotFoundError(PowerserveError):
+    def __init__(self, model: str):
+        super().__init__(
+            f"The model `{model}` does not exist. GET /v1/models lists the models served.",
+            param="model",
+            code="model_not_found",
+        )
+
+
+class EngineUnavailableError(PowerserveError):
+    """The engine cannot take requests now; ``retry_after`` hints when to try again (seconds)."""
+
+    def __init__(self, message: str, *, retry_after: float | None = None):
+        super().__init__(message, code="engine_unavailable")
+        self.retry_after = retry_after
+
+
+class EngineError(PowerserveError):
+    """The engine failed while serving this request; others may still succeed."""
+
+    def __init__(self, message: str):
+        super().__init__(message, code="engine_error")

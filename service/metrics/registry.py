@@ -1,0 +1,105 @@
+"""Every metric of the service, in one registry.
+
+Names carry the ``powerserve_`` prefix and their unit; counters end in ``_total``. Labels stay
+low-cardinality: ``route`` (plain, power, distilled), ``model`` (the served model ids), ``status``
+(HTTP status code), ``kind`` and ``result`` (small fixed sets).
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+__all__ = [
+    "CACHE_ERRORS",
+    "CACHE_LOOKUPS",
+    "ENGINE_REQUESTS",
+    "POWER_ACCEPTANCE_RATE",
+    "POWER_COST_MULTIPLIER",
+    "REGISTRY",
+    "REQUESTS",
+    "REQUESTS_IN_FLIGHT",
+    "REQUEST_LATENCY",
+    "SELF_REWARD",
+    "TIME_TO_FIRST_TOKEN",
+    "TOKENS",
+    "render_latest",
+]
+
+REGISTRY = CollectorRegistry()
+
+# Latencies span milliseconds (a cache hit) to minutes (a long power chain on a CPU).
+_SECONDS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 25, 60, 120, 300, 600)
+
+REQUESTS = Counter(
+    "powerserve_requests_total",
+    "Completion requests answered, by route, model and HTTP status.",
+    ["route", "model", "status"],
+    registry=REGISTRY,
+)
+REQUESTS_IN_FLIGHT = Gauge(
+    "powerserve_requests_in_flight",
+    "Completion requests being served now.",
+    ["route"],
+    registry=REGISTRY,
+)
+REQUEST_LATENCY = Histogram(
+    "powerserve_request_duration_seconds",
+    "End-to-end latency of completion requests (to the last byte), by route.",
+    ["route"],
+    buckets=_SECONDS,
+    registry=REGISTRY,
+)
+TIME_TO_FIRST_TOKEN = Histogram(
+    "powerserve_time_to_first_token_seconds",
+    "Time until the first answer token reached the client (the whole answer when not streamed).",
+    ["route"],
+    buckets=_SECONDS,
+    registry=REGISTRY,
+)
+TOKENS = Counter(
+    "powerserve_tokens_total",
+    "Tokens by route and kind: prompt; returned (in answers); generated (everything the engine "
+    "produced, rejected power proposals included).",
+    ["route", "kind"],
+    registry=REGISTRY,
+)
+POWER_COST_MULTIPLIER = Histogram(
+    "powerserve_power_cost_multiplier",
+    "Tokens generated per token returned, per power request.",
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512),
+    registry=REGISTRY,
+)
+POWER_ACCEPTANCE_RATE = Histogram(
+    "powerserve_power_acceptance_rate",
+    "Share of Metropolis-Hastings proposals accepted, per power request.",
+    buckets=(0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0),
+    registry=REGISTRY,
+)
+SELF_REWARD = Histogram(
+    "powerserve_self_reward_mean_logprob",
+    "Mean log p per returned token under the base model (the self-reward), per answer, by route.",
+    ["route"],
+    buckets=(-8, -6, -4, -3, -2.5, -2, -1.5, -1.25, -1, -0.75, -0.5, -0.25, -0.1, 0),
+    registry=REGISTRY,
+)
+CACHE_LOOKUPS = Counter(
+    "powerserve_cache_lookups_total",
+    "Response-cache lookups by route and result (hit, miss, bypass).",
+    ["route", "result"],
+    registry=REGISTRY,
+)
+CACHE_ERRORS = Counter(
+    "powerserve_cache_errors_total",
+    "Response-cache operations that failed (Redis unreachable or erroring); requests go on uncached.",
+    ["operation"],
+    registry=REGISTRY,
+)
+ENGINE_REQUESTS = Gauge(
+    "powerserve_engine_requests",
+    "Requests the engine holds now, queued or running (every MCMC proposal is one).",
+    registry=REGISTRY,
+)
+
+
+def render_latest() -> bytes:
+    return generate_latest(REGISTRY)

@@ -1,0 +1,79 @@
+"""Parameters of power sampling."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+__all__ = ["PowerConfig"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class PowerConfig:
+    """How to sample one answer from p(y | x) ** alpha. Keyword-only; invalid values raise
+    ``ValueError`` naming the field::
+
+        PowerConfig(max_tokens=256)                           # the paper's defaults: alpha 4, 10 steps
+        PowerConfig(max_tokens=64, alpha=2.0, mcmc_steps=40)  # milder target, better mixed chain
+        PowerConfig(max_tokens=64, alpha=math.inf)            # search for the most likely answer
+    """
+
+    # Length of the answer, in tokens; also the final horizon of the chain.
+    max_tokens: int
+    # Exponent of the target. 1 is plain sampling; inf is the maximum-likelihood limit, where
+    # proposals (then drawn at temperature 1) are accepted only when they raise log p(y | x).
+    alpha: float = 4.0
+    # Metropolis-Hastings steps after each block (N). Fidelity to p**alpha grows with it: a chain
+    # with few steps has not mixed, whatever the implementation.
+    mcmc_steps: int = 10
+    # Tokens per block (B); None means max_tokens // 16 (the paper's choice), at least 1.
+    block_size: int | None = None
+    # Raw top-k log-probs fetched per proposed token to compute the normalisers zeta_t; exact when
+    # k covers the vocabulary, otherwise a lower bound whose error is reported.
+    top_logprobs: int = 20
+    # Freeze blocks older than this many blocks and stream them early; None keeps the sampler
+    # exact (nothing is final until the chain ends). See PowerSampler.run.
+    stream_lag: int | None = None
+    # Makes the chain reproducible: cut points, acceptances and every proposal are derived from it.
+    seed: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.max_tokens < 1:
+            raise ValueError(f"max_tokens must be >= 1, got {self.max_tokens}")
+        if math.isnan(self.alpha) or self.alpha < 1:
+            raise ValueError(f"alpha must be >= 1, got {self.alpha}")
+        if self.mcmc_steps < 0:
+            raise ValueError(f"mcmc_steps must be >= 0, got {self.mcmc_steps}")
+        if self.block_size is not None and self.block_size < 1:
+            raise ValueError(f"block_size must be >= 1, got {self.block_size}")
+        if self.top_logprobs < 1:
+            raise ValueError(f"top_logprobs must be >= 1, got {self.top_logprobs}")
+        if self.stream_lag is not None and self.stream_lag < 0:
+            raise ValueError(f"stream_lag must be >= 0, got {self.stream_lag}")
+
+    @property
+    def block_tokens(self) -> int:
+        """B: the block size in effect."""
+        if self.block_size is not None:
+            return min(self.block_size, self.max_tokens)
+        return max(1, self.max_tokens // 16)
+
+    @property
+    def num_blocks(self) -> int:
+        return math.ceil(self.max_tokens / self.block_tokens)
+
+    def horizon(self, block: int) -> int:
+        """Length limit of answers during block ``block`` (1-based): its last position."""
+        return min(block * self.block_tokens, self.max_tokens)
+
+    @property
+    def proposal_temperature(self) -> float:
+        """The proposal is the base model at temperature 1/alpha (at 1 in the alpha = inf limit)."""
+        return 1.0 if math.isinf(self.alpha) else 1.0 / self.alpha
+
+    def worst_case_tokens(self) -> int:
+        """Most tokens one chain can make the engine generate: each block's extension plus, per
+        MH step, a proposal that regrows the whole answer up to the block's horizon."""
+        grow = self.max_tokens
+        proposals = self.mcmc_steps * sum(self.horizon(b) for b in range(1, self.num_blocks + 1))
+        return grow + proposals

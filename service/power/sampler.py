@@ -1,0 +1,239 @@
+"""Power sampling by suffix Metropolis-Hastings, exactly.
+
+References:
+  Karan & Du, "Reasoning with Sampling: Your Base Model is Smarter Than You Think", arXiv 2510.14901
+  (Algorithm 1, the block-wise suffix sampler followed here).
+  Tomihari & Sato, "Power Distribution Bridges Sampling, Self-Reward RL, and Self-Distillation",
+  arXiv 2605.04542 (why p**alpha is worth sampling, and distilling).
+
+Target: pi_alpha(y | x) ∝ p(y | x) ** alpha over answers y of at most max_tokens tokens, each ended by
+EOS or cut by max_tokens. Proposal q: the base model at temperature 1/alpha, no top-k, no top-p. With
+zeta_t = log sum_v p(v | y_<t) ** alpha (see normaliser.py), q(y_t) = p(y_t) ** alpha / exp(zeta_t).
+
+For blocks b = 1..K of B tokens, with horizon H_b = min(b * B, max_tokens):
+
+  1. Grow.   An answer that has not ended is extended to H_b with q.
+  2. Mix.    N Metropolis-Hastings steps on the whole answer y, at horizon H_b:
+       a. cut:     m uniform over the positions 0..|y|-1 of y (the unfrozen ones, with a stream lag);
+       b. propose: y' = y_<m + s, with s drawn from q after x, y_<m, until EOS or H_b;
+       c. accept with probability min(1, A), where
+              log A = sum_{t>=m} zeta_t(y') - sum_{t>=m} zeta_t(y) + log |y| - log |y'|.
+
+Why this is exact, where the reference code is not:
+  - EOS is absorbing and the horizon is fixed: proposals run to EOS or H_b, never only to the current
+    length, and both sums cover the whole suffix. Truncating them biases the chain toward short answers.
+  - The cut is uniform over |y| positions, so the reverse move is chosen with chance 1/|y'|: the ratio
+    gains log |y| - log |y'|. Dropping it leaves the chain off target however long it runs.
+  - Answers that ended keep moving: at later blocks a cut can regrow them to the new horizon. Stopping
+    a chain at EOS, as the reference code does, converges to the wrong distribution.
+  - Every proposal has its own well-separated seed (engines.base.derive_seed).
+
+Chains only ever await the engine, so all chains of all requests submit proposals concurrently and the
+engine batches them; a cut at m reuses the engine's prefix cache for x + y_<m.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from service.engines.base import Engine, SamplingOptions, derive_seed
+from service.power.config import PowerConfig
+from service.power.normaliser import log_normaliser
+
+__all__ = ["ChainStats", "FrozenTokens", "PowerSample", "PowerSampler"]
+
+
+@dataclass
+class ChainStats:
+    """What one chain cost and how it moved."""
+
+    proposals: int = 0
+    accepted: int = 0
+    # Every token the engine generated for this chain: growth and all proposals, rejected included.
+    tokens_generated: int = 0
+    # Bound on log pi_alpha(y) - log(what the chain targets) for the returned answer, from normalisers
+    # computed on top-k log-probs; 0 when they covered the vocabulary.
+    normaliser_error_bound: float = 0.0
+
+
+@dataclass
+class FrozenTokens:
+    """Tokens that no later step can change (only with a stream lag): safe to stream now."""
+
+    token_ids: list[int]
+    logprobs: list[float]
+    top_logprobs: list[dict[int, float]]
+
+
+@dataclass
+class PowerSample:
+    """One answer drawn from the chain."""
+
+    token_ids: list[int]
+    # Raw log p(y_t | x, y_<t) under the base model: the answer's self-reward is their sum.
+    logprobs: list[float]
+    top_logprobs: list[dict[int, float]]
+    finish_reason: str  # "stop" (ended by EOS) or "length" (cut by max_tokens)
+    stats: ChainStats = field(default_factory=ChainStats)
+
+
+@dataclass
+class _Answer:
+    """The chain's state: an answer with, per token, what the acceptance ratio needs."""
+
+    token_ids: list[int] = field(default_factory=list)
+    logprobs: list[float] = field(default_factory=list)
+    zetas: list[float] = field(default_factory=list)
+    zeta_bounds: list[float] = field(default_factory=list)
+    top_logprobs: list[dict[int, float]] = field(default_factory=list)
+    ended: bool = False  # the last token is EOS: the answer is complete
+
+    def __len__(self) -> int:
+        return len(self.token_ids)
+
+    def prefix(self, m: int) -> _Answer:
+        return _Answer(
+            self.token_ids[:m],
+            self.logprobs[:m],
+            self.zetas[:m],
+            self.zeta_bounds[:m],
+            self.top_logprobs[:m],
+        )
+
+    def extended(self, suffix: _Answer) -> _Answer:
+        return _Answer(
+            self.token_ids + suffix.token_ids,
+            self.logprobs + suffix.logprobs,
+            self.zetas + suffix.zetas,
+            self.zeta_bounds + suffix.zeta_bounds,
+            self.top_logprobs + suffix.top_logprobs,
+            suffix.ended,
+        )
+
+
+class PowerSampler:
+    """Draws answers from p(y | x) ** alpha through any ``Engine``."""
+
+    def __init__(self, engine: Engine):
+        self.engine = engine
+
+    async def sample(
+        self, prompt_ids: Sequence[int], config: PowerConfig, *, chain: int = 0
+    ) -> PowerSample:
+        """Run one chain to its end and return its answer."""
+        async for event in self.run(prompt_ids, config, chain=chain):
+            if isinstance(event, PowerSample):
+                return event
+        raise AssertionError("a chain always ends with its sample")
+
+    async def run(
+        self, prompt_ids: Sequence[int], config: PowerConfig, *, chain: int = 0
+    ) -> AsyncIterator[FrozenTokens | PowerSample]:
+        """Run one chain, yielding ``FrozenTokens`` as blocks freeze (only with ``stream_lag``) and
+        the ``PowerSample`` last.
+
+        With ``stream_lag = L``, cuts during block b are restricted to blocks b-L..b: older blocks
+        are final and streamed at once. That trades exactness for time to the first token; with no
+        lag nothing is final until the chain ends, because any step may cut anywhere.
+        """
+        rng = np.random.default_rng(None if config.seed is None else [config.seed, chain])
+        stats = ChainStats()
+        answer = _Answer()
+        frozen = 0
+
+        for block in range(1, config.num_blocks + 1):
+            horizon = config.horizon(block)
+
+            if config.stream_lag is not None:
+                newly_frozen = min(len(answer), (block - 1 - config.stream_lag) * config.block_tokens)
+                if newly_frozen > frozen:
+                    yield FrozenTokens(
+                        answer.token_ids[frozen:newly_frozen],
+                        answer.logprobs[frozen:newly_frozen],
+                        answer.top_logprobs[frozen:newly_frozen],
+                    )
+                    frozen = newly_frozen
+
+            # 1. Grow: an answer that has not ended reaches the new horizon.
+            if not answer.ended and len(answer) < horizon:
+                growth = await self._propose(
+                    prompt_ids, answer, horizon, config, seed=(chain, block, "grow")
+                )
+                stats.tokens_generated += len(growth)
+                answer = answer.extended(growth)
+
+            # 2. Mix: Metropolis-Hastings steps at this horizon, ended answers included.
+            for step in range(config.mcmc_steps):
+                if len(answer) <= frozen:
+                    break  # everything is frozen: no cut left to make
+                # a. cut, uniform over the unfrozen positions
+                cut = frozen + int(rng.integers(len(answer) - frozen))
+                # b. propose a new suffix from the cut to EOS or the horizon
+                suffix = await self._propose(
+                    prompt_ids, answer.prefix(cut), horizon, config, seed=(chain, block, step)
+                )
+                candidate = answer.prefix(cut).extended(suffix)
+                stats.proposals += 1
+                stats.tokens_generated += len(suffix)
+                # c. accept or reject
+                log_accept = self._log_accept_ratio(answer, candidate, cut, frozen, config.alpha)
+                if log_accept >= 0 or rng.random() < math.exp(log_accept):
+                    answer = candidate
+                    stats.accepted += 1
+
+        stats.normaliser_error_bound = sum(answer.zeta_bounds)
+        yield PowerSample(
+            token_ids=answer.token_ids,
+            logprobs=answer.logprobs,
+            top_logprobs=answer.top_logprobs,
+            finish_reason="stop" if answer.ended else "length",
+            stats=stats,
+        )
+
+    @staticmethod
+    def _log_accept_ratio(
+        current: _Answer, candidate: _Answer, cut: int, frozen: int, alpha: float
+    ) -> float:
+        """log A for replacing ``current`` by ``candidate``, which share the first ``cut`` tokens."""
+        if math.isinf(alpha):
+            # alpha -> inf: the sign of the change in log p dominates every other term.
+            gain = sum(candidate.logprobs[cut:]) - sum(current.logprobs[cut:])
+            return 0.0 if gain >= 0 else -math.inf
+        # pi(y') q(y_s) / (pi(y) q(y'_s)) reduces to the normalisers of the two suffixes ...
+        log_ratio = sum(candidate.zetas[cut:]) - sum(current.zetas[cut:])
+        # ... and the cut, uniform over |y| positions forward and |y'| back, adds log |y| / |y'|.
+        return log_ratio + math.log(len(current) - frozen) - math.log(len(candidate) - frozen)
+
+    async def _propose(
+        self,
+        prompt_ids: Sequence[int],
+        prefix: _Answer,
+        horizon: int,
+        config: PowerConfig,
+        *,
+        seed: tuple[int | str, ...],
+    ) -> _Answer:
+        """Draw a suffix from q after ``prompt + prefix``, until EOS or ``horizon`` tokens in all."""
+        info = self.engine.info
+        k = min(config.top_logprobs, info.vocab_size)
+        options = SamplingOptions(
+            max_tokens=horizon - len(prefix),
+            temperature=config.proposal_temperature,
+            top_p=1.0,
+            top_logprobs=k,
+            seed=None if config.seed is None else derive_seed(config.seed, *seed),
+            detokenize=False,
+        )
+        out = await self.engine.complete([*prompt_ids, *prefix.token_ids], options)
+        if math.isinf(config.alpha):
+            zetas = bounds = [0.0] * len(out.token_ids)
+        else:
+            pairs = [log_normaliser(config.alpha, top, k, info.vocab_size) for top in out.top_logprobs]
+            zetas = [zeta for zeta, _ in pairs]
+            bounds = [bound for _, bound in pairs]
+        ended = bool(out.token_ids) and out.token_ids[-1] in info.eos_token_ids
+        return _Answer(out.token_ids, out.logprobs, zetas, bounds, out.top_logprobs, ended)
