@@ -62,6 +62,12 @@ class Settings(BaseSettings):
     gpu_memory_utilization: float = Field(0.5, gt=0, le=1)
     kv_cache_gib: int = Field(2, ge=1, description="KV-cache size on CPU (VLLM_CPU_KVCACHE_SPACE).")
     max_num_seqs: int = Field(256, ge=1, description="Sequences the engine batches at once.")
+    kv_block_size: int | None = Field(
+        32,
+        ge=16,
+        description="Tokens per KV-cache block, the prefix cache's granularity: an MCMC cut reuses the "
+        "cached prefix up to the last whole block. vLLM's CPU default is 128; unset means vLLM's default.",
+    )
     engine_start_timeout_s: float = Field(600.0, gt=0)
 
     # --- requests ------------------------------------------------------------------------------

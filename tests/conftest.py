@@ -13,7 +13,7 @@ from pathlib import Path
 import openai
 import pytest
 
-from tests.servers import ServiceProcess
+from loadtests.harness import ServiceProcess
 from tests.tiny_model import build_tiny_model
 
 # The tiny model: seed and weight scale chosen so that p**4 and temperature-1/4 sampling differ a lot

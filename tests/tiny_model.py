@@ -113,8 +113,3 @@ def _normalise(logw: dict[tuple[int, ...], float]) -> dict[tuple[int, ...], floa
     weights = {y: float(torch.exp(torch.tensor(v - top))) for y, v in logw.items()}
     total = sum(weights.values())
     return {y: w / total for y, w in weights.items()}
-
-
-def total_variation(p: dict, q: dict) -> float:
-    keys = set(p) | set(q)
-    return 0.5 * sum(abs(p.get(k, 0.0) - q.get(k, 0.0)) for k in keys)

@@ -49,6 +49,7 @@ def build_engine(settings: Settings, model_dir: Path) -> Engine:
         gpu_memory_utilization=settings.gpu_memory_utilization,
         kv_cache_gib=settings.kv_cache_gib,
         max_num_seqs=settings.max_num_seqs,
+        kv_block_size=settings.kv_block_size,
         max_logprobs=max(20, settings.power_top_logprobs),
         adapters=adapters,
     )

@@ -57,6 +57,7 @@ class LocalEngine(Engine):
         gpu_memory_utilization: float = 0.5,
         kv_cache_gib: int = 2,
         max_num_seqs: int = 256,
+        kv_block_size: int | None = None,
         max_logprobs: int = 20,
         adapters: Mapping[str, Path] | None = None,
     ):
@@ -73,8 +74,12 @@ class LocalEngine(Engine):
             max_num_seqs=max_num_seqs,
             max_logprobs=max_logprobs,
             enable_prefix_caching=True,
-            disable_log_stats=True,
+            # vLLM's own Prometheus metrics (tokens per step, prefix-cache hits, queue) are served
+            # beside ours on /metrics; nothing is logged unless asked.
+            disable_log_stats=False,
         )
+        if kv_block_size is not None:
+            self._engine_kwargs["block_size"] = kv_block_size
         if self.adapters:
             self._engine_kwargs.update(
                 enable_lora=True,

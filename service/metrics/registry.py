@@ -7,6 +7,7 @@ low-cardinality: ``route`` (plain, power, distilled), ``model`` (the served mode
 
 from __future__ import annotations
 
+from prometheus_client import REGISTRY as DEFAULT_REGISTRY
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 __all__ = [
@@ -102,4 +103,6 @@ ENGINE_REQUESTS = Gauge(
 
 
 def render_latest() -> bytes:
-    return generate_latest(REGISTRY)
+    """Our metrics, then the process's default registry: vLLM's own (``vllm:*``, from an in-process
+    engine) and the Python process collectors."""
+    return generate_latest(REGISTRY) + generate_latest(DEFAULT_REGISTRY)

@@ -1,4 +1,4 @@
-"""Running the real service (and other real servers) as subprocesses on loopback, for tests."""
+"""Running the real service as a subprocess on loopback, for tests and benchmarks."""
 
 from __future__ import annotations
 

@@ -1,0 +1,166 @@
+"""Power sampling is exact: answers drawn through the running service follow p**alpha.
+
+On the tiny model every answer of up to 3 tokens can be enumerated, so p(y)**alpha is computed
+exactly (tests/tiny_model.py), and so is the law of the sampler's own output for the settings used
+(tests/oracle.py propagates every cut, proposal and acceptance). The samples must match that law
+within a bound derived from their number, the law must be close to p**alpha, and plain sampling at
+temperature 1/alpha must land measurably farther away.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.conftest import TINY_MODEL_NAME, TINY_PROMPT
+from tests.oracle import chain_law
+from loadtests.harness import ServiceProcess
+from tests.stats import empirical, total_variation, tv_bound
+from tests.tiny_model import EOS_ID, VOCAB, ExactModel
+
+logger = logging.getLogger(__name__)
+
+ALPHA = 4.0  # the service's default: temperature 0.25
+HORIZON = 3
+BLOCK = 1
+STEPS = 40
+PER_REQUEST = 256
+
+
+@pytest.fixture(scope="module")
+def exact(tiny_model_dir: Path) -> ExactModel:
+    return ExactModel(tiny_model_dir, TINY_PROMPT)
+
+
+@pytest.fixture(scope="module")
+def target(exact: ExactModel) -> dict:
+    return exact.power_distribution(HORIZON, ALPHA)
+
+
+def draw(service: ServiceProcess, model: str, requests: int, **params: object) -> list[tuple[int, ...]]:
+    """Answers (token ids, EOS included) from ``requests`` concurrent requests of n=PER_REQUEST."""
+    body = {"model": model, "prompt": list(TINY_PROMPT), "max_tokens": HORIZON, "n": PER_REQUEST}
+    body |= {"logprobs": 0, **params}
+
+    async def run() -> list[dict]:
+        async with httpx.AsyncClient(base_url=service.base_url, timeout=900) as client:
+            responses = await asyncio.gather(
+                *(client.post("/completions", json=body) for _ in range(requests))
+            )
+        for response in responses:
+            assert response.status_code == 200, response.text
+        return [response.json() for response in responses]
+
+    return [
+        tuple(VOCAB[token] for token in choice["logprobs"]["tokens"])
+        for response in asyncio.run(run())
+        for choice in response["choices"]
+    ]
+
+
+def test_power_route_samples_p_to_the_alpha(
+    tiny_service: ServiceProcess, exact: ExactModel, target: dict
+) -> None:
+    law = chain_law(
+        exact.next_logprobs,
+        eos=EOS_ID,
+        alpha=ALPHA,
+        max_tokens=HORIZON,
+        block_size=BLOCK,
+        mcmc_steps=STEPS,
+    )
+    law_to_target = total_variation(law, target)
+    samples = draw(
+        tiny_service,
+        f"{TINY_MODEL_NAME}-power",
+        requests=3,
+        temperature=1 / ALPHA,
+        block_size=BLOCK,
+        mcmc_steps=STEPS,
+    )
+    found = empirical(samples)
+    bound = tv_bound(law, len(samples))
+    logger.info(
+        "power route, %d samples: TV to the chain's exact law %.4f (bound %.4f); exact law to p**%g %.4f; "
+        "samples to p**%g %.4f",
+        len(samples),
+        total_variation(found, law),
+        bound,
+        ALPHA,
+        law_to_target,
+        ALPHA,
+        total_variation(found, target),
+    )
+    # The sampler draws from exactly the law the algorithm defines ...
+    assert total_variation(found, law) <= bound
+    # ... which, at this many steps, is within 0.01 of p**alpha ...
+    assert law_to_target < 0.01
+    # ... so the samples are within the sampling bound of p**alpha itself.
+    assert total_variation(found, target) <= bound + law_to_target
+
+
+def test_plain_low_temperature_sampling_misses_p_to_the_alpha(
+    tiny_service: ServiceProcess, exact: ExactModel, target: dict
+) -> None:
+    tempered = exact.tempered_distribution(HORIZON, 1 / ALPHA)
+    samples = draw(tiny_service, TINY_MODEL_NAME, requests=3, temperature=1 / ALPHA)
+    found = empirical(samples)
+    bound = tv_bound(tempered, len(samples))
+    distance = total_variation(found, target)
+    logger.info(
+        "plain route at temperature 1/%g, %d samples: TV to p**%g %.4f (exact %.4f)",
+        ALPHA,
+        len(samples),
+        ALPHA,
+        distance,
+        total_variation(tempered, target),
+    )
+    assert total_variation(found, tempered) <= bound  # it samples what it should ...
+    assert distance > 3 * tv_bound(target, len(samples))  # ... which is far from p**alpha
+
+
+def test_stream_lag_freezes_blocks_and_lands_where_the_oracle_says(
+    tiny_service: ServiceProcess, exact: ExactModel, target: dict
+) -> None:
+    """The opt-in lag trades exactness for time to first token: measure by how much."""
+    steps = 20
+    lagged = chain_law(
+        exact.next_logprobs,
+        eos=EOS_ID,
+        alpha=ALPHA,
+        max_tokens=HORIZON,
+        block_size=BLOCK,
+        mcmc_steps=steps,
+        stream_lag=1,
+    )
+    exact_chain = chain_law(
+        exact.next_logprobs,
+        eos=EOS_ID,
+        alpha=ALPHA,
+        max_tokens=HORIZON,
+        block_size=BLOCK,
+        mcmc_steps=steps,
+    )
+    samples = draw(
+        tiny_service,
+        f"{TINY_MODEL_NAME}-power",
+        requests=2,
+        block_size=BLOCK,
+        mcmc_steps=steps,
+        power_stream_lag=1,
+    )
+    found = empirical(samples)
+    logger.info(
+        "stream lag 1 at %d steps: TV to p**%g %.4f (exact law %.4f; without lag %.4f)",
+        steps,
+        ALPHA,
+        total_variation(found, target),
+        total_variation(lagged, target),
+        total_variation(exact_chain, target),
+    )
+    assert total_variation(found, lagged) <= tv_bound(lagged, len(samples))
+    assert total_variation(lagged, target) > total_variation(exact_chain, target)

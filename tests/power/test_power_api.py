@@ -1,0 +1,193 @@
+"""The power route through the OpenAI API: parameters, the `power` report, streaming, refusals."""
+
+from __future__ import annotations
+
+import math
+
+import httpx
+import openai
+import pytest
+
+from tests.conftest import TINY_MODEL_NAME
+
+POWER = f"{TINY_MODEL_NAME}-power"
+
+
+def power_completion(client: openai.OpenAI, **kwargs: object):
+    params = {"model": POWER, "prompt": "a b", "max_tokens": 4} | kwargs
+    extra = {
+        key: params.pop(key) for key in list(params) if key.startswith(("power_", "mcmc_", "block_"))
+    }
+    return client.completions.create(**params, extra_body=extra)
+
+
+def test_report_accounts_for_every_proposal(tiny_client: openai.OpenAI) -> None:
+    result = power_completion(tiny_client, n=3, mcmc_steps=5, block_size=2, logprobs=0, seed=1)
+    report = result.model_extra["power"]
+    assert report["alpha"] == 4.0  # temperature defaults to 0.25
+    assert report["mcmc_steps"] == 5 and report["block_size"] == 2
+    assert report["proposals"] == 3 * 2 * 5  # n chains x 2 blocks x 5 steps
+    assert 0 <= report["accepted"] <= report["proposals"]
+    assert report["acceptance_rate"] == pytest.approx(report["accepted"] / report["proposals"])
+    returned = result.usage.completion_tokens
+    assert report["tokens_generated"] >= returned + report["proposals"]  # every proposal makes >= 1
+    assert report["cost_multiplier"] == pytest.approx(report["tokens_generated"] / returned)
+    assert report["normaliser_error_bound"] == 0.0  # the top-k covers the 4-token vocabulary
+    logprob_sum = sum(lp for c in result.choices for lp in c.logprobs.token_logprobs)
+    assert report["self_reward"]["sum_logprob"] == pytest.approx(logprob_sum / 3)
+    for choice in result.choices:
+        assert choice.model_extra["self_reward"]["sum_logprob"] == pytest.approx(
+            sum(choice.logprobs.token_logprobs)
+        )
+
+
+def test_plain_route_reports_self_reward_but_no_power(tiny_client: openai.OpenAI) -> None:
+    result = tiny_client.completions.create(model=TINY_MODEL_NAME, prompt="a b", max_tokens=3)
+    assert "power" not in result.model_extra
+    assert result.model_extra["self_reward"]["mean_logprob"] <= 0
+
+
+def test_chat_endpoint_serves_the_power_route(tiny_client: openai.OpenAI) -> None:
+    result = tiny_client.chat.completions.create(
+        model=POWER,
+        messages=[{"role": "user", "content": "a b"}],
+        max_tokens=3,
+        extra_body={"mcmc_steps": 3},
+    )
+    assert result.choices[0].finish_reason in ("stop", "length")
+    assert result.model_extra["power"]["proposals"] == 3 * 3  # block size max(1, 3 // 16) = 1
+
+
+@pytest.mark.parametrize(
+    ("params", "alpha"),
+    [
+        ({"temperature": 0.5}, 2.0),
+        ({"temperature": 1.0}, 1.0),
+        ({"temperature": 0}, "inf"),
+        ({"power_alpha": 3.0}, 3.0),
+    ],
+)
+def test_temperature_is_one_over_alpha(tiny_client: openai.OpenAI, params: dict, alpha: object) -> None:
+    result = power_completion(tiny_client, mcmc_steps=2, **params)
+    assert result.model_extra["power"]["alpha"] == alpha
+
+
+def test_alpha_one_accepts_every_proposal_of_equal_length(tiny_client: openai.OpenAI) -> None:
+    # At alpha 1 target and proposal coincide: the ratio is only the cut-point correction.
+    result = power_completion(
+        tiny_client, temperature=1.0, mcmc_steps=10, n=8, max_tokens=3, block_size=3
+    )
+    assert result.model_extra["power"]["acceptance_rate"] > 0.5
+
+
+def test_maximum_likelihood_limit_only_climbs(tiny_client: openai.OpenAI) -> None:
+    hill = power_completion(
+        tiny_client, temperature=0, mcmc_steps=30, n=8, max_tokens=3, logprobs=0, seed=3
+    )
+    plain = tiny_client.completions.create(
+        model=TINY_MODEL_NAME, prompt="a b", max_tokens=3, n=8, seed=3
+    )
+    best = [c.model_extra["self_reward"]["sum_logprob"] for c in hill.choices]
+    sampled = [c.model_extra["self_reward"]["sum_logprob"] for c in plain.choices]
+    assert sum(best) / 8 > sum(sampled) / 8
+
+
+def test_same_seed_same_answers(tiny_client: openai.OpenAI) -> None:
+    first = power_completion(tiny_client, n=4, mcmc_steps=4, seed=123)
+    again = power_completion(tiny_client, n=4, mcmc_steps=4, seed=123)
+    assert [c.text for c in first.choices] == [c.text for c in again.choices]
+    assert first.model_extra["power"]["accepted"] == again.model_extra["power"]["accepted"]
+
+
+def test_stream_sends_each_answer_when_its_chain_ends(tiny_client: openai.OpenAI) -> None:
+    chunks = list(
+        tiny_client.completions.create(
+            model=POWER,
+            prompt="a b",
+            max_tokens=6,
+            stream=True,
+            extra_body={"mcmc_steps": 3, "block_size": 2},
+        )
+    )
+    content = [c for c in chunks if c.choices and c.choices[0].text]
+    assert len(content) <= 1  # the whole answer at once: nothing is final earlier
+    last = chunks[-1].choices[0]
+    assert last.finish_reason in ("stop", "length")
+    assert last.model_extra["power"]["proposals"] == 3 * 3
+
+
+def test_stream_lag_streams_frozen_blocks_early(tiny_client: openai.OpenAI) -> None:
+    # Sampling at alpha 1 makes long answers likely (EOS has chance ~1/4 per token).
+    texts = []
+    for seed in range(6):
+        chunks = list(
+            tiny_client.completions.create(
+                model=POWER,
+                prompt="a b",
+                max_tokens=12,
+                temperature=1.0,
+                seed=seed,
+                stream=True,
+                extra_body={"mcmc_steps": 2, "block_size": 2, "power_stream_lag": 1},
+            )
+        )
+        texts.append([c.choices[0].text for c in chunks if c.choices and c.choices[0].text])
+    assert any(len(pieces) > 1 for pieces in texts), texts
+
+
+def test_stream_with_usage_carries_the_power_report(tiny_client: openai.OpenAI) -> None:
+    chunks = list(
+        tiny_client.chat.completions.create(
+            model=POWER,
+            messages=[{"role": "user", "content": "a"}],
+            max_tokens=3,
+            stream=True,
+            stream_options={"include_usage": True},
+            extra_body={"mcmc_steps": 2},
+        )
+    )
+    final = chunks[-1]
+    assert final.usage is not None and final.choices == []
+    assert final.model_extra["power"]["proposals"] == 2 * 3
+
+
+@pytest.mark.parametrize(
+    ("body", "param"),
+    [
+        ({"temperature": 1.5}, "temperature"),
+        ({"top_p": 0.5}, "top_p"),
+        ({"power_alpha": 0.5}, "power_alpha"),
+        ({"mcmc_steps": -1}, "mcmc_steps"),
+        ({"block_size": 0}, "block_size"),
+        ({"frequency_penalty": 1.0}, "frequency_penalty"),
+    ],
+)
+def test_invalid_power_parameters_are_400(tiny_service, body: dict, param: str) -> None:
+    request = {"model": POWER, "prompt": "a", "max_tokens": 2} | body
+    response = httpx.post(f"{tiny_service.base_url}/completions", json=request, timeout=30)
+    assert response.status_code == 400, response.text
+    assert response.json()["error"]["param"] == param
+
+
+def test_power_parameters_on_the_plain_route_are_400(tiny_service) -> None:
+    request = {"model": TINY_MODEL_NAME, "prompt": "a", "max_tokens": 2, "mcmc_steps": 3}
+    response = httpx.post(f"{tiny_service.base_url}/completions", json=request, timeout=30)
+    assert response.status_code == 400
+    assert response.json()["error"]["param"] == "mcmc_steps"
+
+
+def test_runaway_request_is_refused_before_it_starts(tiny_service) -> None:
+    request = {
+        "model": POWER,
+        "prompt": "a",
+        "max_tokens": 60,
+        "n": 512,
+        "mcmc_steps": 1000,
+        "block_size": 1,
+    }
+    response = httpx.post(f"{tiny_service.base_url}/completions", json=request, timeout=10)
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert error["code"] == "token_budget_exceeded"
+    assert "200000" in error["message"]
+    assert math.isfinite(response.elapsed.total_seconds()) and response.elapsed.total_seconds() < 5
