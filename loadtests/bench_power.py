@@ -191,7 +191,8 @@ async def service_phase(service: ServiceProcess, model: str, args: argparse.Name
             runs.append({"power": power, "plain": plain, "raw": raw, "power_loop": power_loop})
             print(
                 f"repeat {repeat}: power {power['seconds']:.1f} s, plain {plain['seconds']:.1f} s, "
-                f"raw {raw['tokens_per_s']:.1f} tok/s, power loop {power_loop['tokens_per_s']:.1f} tok/s",
+                f"raw {raw['tokens_per_s']:.1f} tok/s, "
+                f"power loop {power_loop['tokens_per_s']:.1f} tok/s",
                 flush=True,
             )
     return runs

@@ -65,6 +65,18 @@ class ServiceProcess:
             time.sleep(0.5)
         raise TimeoutError(f"the service was not ready in {timeout} s:\n{self.log_tail()}")
 
+    def metric(self, name: str, **labels: str) -> float:
+        """A sample's value from /metrics (0 when absent): ``metric("powerserve_tokens_total",
+        route="power", kind="generated")``."""
+        from prometheus_client.parser import text_string_to_metric_families
+
+        text = httpx.get(f"{self.url}/metrics", timeout=10).text
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                    return float(sample.value)
+        return 0.0
+
     def log_tail(self, lines: int = 60) -> str:
         self._log.flush()
         return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
@@ -80,3 +92,30 @@ class ServiceProcess:
                     os.killpg(self.process.pid, signal.SIGKILL)
                 self.process.wait(timeout=10)
         self._log.close()
+
+
+class RedisProcess:
+    """A throw-away ``redis-server`` on a loopback port, without persistence."""
+
+    def __init__(self, port: int | None = None):
+        self.port = port or free_port()
+        self.url = f"redis://{LOOPBACK}:{self.port}/0"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> RedisProcess:
+        args = ["--bind", LOOPBACK, "--port", str(self.port), "--save", "", "--appendonly", "no"]
+        self.process = subprocess.Popen(
+            ["redis-server", *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            with contextlib.suppress(OSError):
+                socket.create_connection((LOOPBACK, self.port), timeout=0.5).close()
+                return self
+            time.sleep(0.05)
+        raise TimeoutError("redis-server did not start")
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(timeout=10)

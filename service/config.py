@@ -66,7 +66,7 @@ class Settings(BaseSettings):
         32,
         ge=16,
         description="Tokens per KV-cache block, the prefix cache's granularity: an MCMC cut reuses the "
-        "cached prefix up to the last whole block. vLLM's CPU default is 128; unset means vLLM's default.",
+        "cached prefix up to the last whole block. vLLM's CPU default is 128; unset: vLLM's default.",
     )
     engine_start_timeout_s: float = Field(600.0, gt=0)
 
@@ -100,6 +100,15 @@ class Settings(BaseSettings):
         description="Most tokens one power request may make the engine generate (all chains, "
         "rejected proposals included); a request whose worst case exceeds it is refused with 400.",
     )
+
+    # --- response cache ------------------------------------------------------------------------
+    redis_url: str | None = Field(
+        None,
+        validation_alias=_alias("redis_url", "REDIS_URL"),
+        description="Redis for the response cache (shared by gateway replicas); unset: in-process LRU.",
+    )
+    cache_ttl_s: float = Field(3600.0, gt=0, description="How long a cached answer lives, by default.")
+    cache_max_entries: int = Field(1024, ge=1, description="Size of the in-process LRU (without Redis).")
 
     @model_validator(mode="after")
     def _check(self) -> Settings:

@@ -7,10 +7,29 @@ knows how the other works: no HTTP here, no MCMC in the API.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
-__all__ = ["Choice", "ChoiceDelta", "GenerationRequest", "GenerationResult", "self_reward"]
+__all__ = [
+    "CacheControl",
+    "Choice",
+    "ChoiceDelta",
+    "GenerationRequest",
+    "GenerationResult",
+    "self_reward",
+]
+
+
+@dataclass(frozen=True, kw_only=True)
+class CacheControl:
+    """A request's say on the response cache (LiteLLM's keys). ``explicit`` when the request sent
+    any: then it is served from and stored in the cache even if not reproducible."""
+
+    explicit: bool = False
+    no_cache: bool = False  # do not answer from the cache
+    no_store: bool = False  # do not store this answer
+    ttl: float | None = None  # store for this many seconds
+    s_maxage: float | None = None  # accept only a cached answer at most this old
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -36,6 +55,14 @@ class GenerationRequest:
     power_stream_lag: int | None = None
     # Name of the request field that held the prompt, for error messages ("prompt" or "messages").
     prompt_param: str = "prompt"
+    cache: CacheControl = field(default_factory=CacheControl)
+
+    def output_fields(self) -> dict[str, Any]:
+        """Everything that changes the answer: what a cache key must cover."""
+        fields = asdict(self)
+        fields.pop("cache")
+        fields.pop("prompt_param")
+        return fields
 
 
 def self_reward(logprobs: list[float]) -> dict[str, float]:
@@ -83,6 +110,28 @@ class GenerationResult:
     choices: list[Choice]
     # Route-specific report of the whole request (summed over choices), JSON-ready, or None.
     report: dict[str, Any] | None = None
+    # How the response cache served it: "hit", "miss" (computed, then stored) or "bypass".
+    cache: str = "bypass"
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-ready copy (top log-prob maps become [token, logprob] pairs: JSON keys are text)."""
+        data = asdict(self)
+        for choice in data["choices"]:
+            if choice["top_logprobs"] is not None:
+                choice["top_logprobs"] = [list(top.items()) for top in choice["top_logprobs"]]
+        return data
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> GenerationResult:
+        choices = []
+        for raw in data["choices"]:
+            top = raw["top_logprobs"]
+            choices.append(
+                Choice(
+                    **raw | {"top_logprobs": None if top is None else [dict(map(tuple, t)) for t in top]}
+                )
+            )
+        return cls(**data | {"choices": choices})
 
     @property
     def completion_tokens(self) -> int:

@@ -8,13 +8,14 @@ under the cache directory, outside the repository. Nothing is fetched from a mod
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import importlib.util
 import logging
 import shutil
 import time
 from pathlib import Path
 
-__all__ = ["default_model_dir", "ensure_default_model"]
+__all__ = ["default_model_dir", "ensure_default_model", "model_revision"]
 
 logger = logging.getLogger(__name__)
 
@@ -80,3 +81,18 @@ def _convert(target: Path) -> None:
     shutil.rmtree(target, ignore_errors=True)
     staging.rename(target)
     logger.info("default model ready in %.0f s: %s", time.monotonic() - began, target)
+
+
+def model_revision(*directories: Path) -> str:
+    """A short fingerprint of model and adapter directories: their configs' contents and their weight
+    files' names, sizes and modification times. Part of every cache key, so that new weights never
+    serve old answers."""
+    digest = hashlib.sha256()
+    for directory in directories:
+        for path in sorted(Path(directory).iterdir()):
+            if path.suffix == ".json":
+                digest.update(path.name.encode() + path.read_bytes())
+            elif path.suffix in (".safetensors", ".bin"):
+                stat = path.stat()
+                digest.update(f"{path.name}:{stat.st_size}:{stat.st_mtime_ns}".encode())
+    return digest.hexdigest()[:16]

@@ -1,4 +1,4 @@
-"""Routes: which way a request is served, and serving it that way.
+"""Routes: which way a request is served, and serving it that way, cached where that is sound.
 
 A served model ``<name>`` has up to three routes, chosen by the model id a client asks for:
 
@@ -6,34 +6,46 @@ A served model ``<name>`` has up to three routes, chosen by the model id a clien
     <name>-power      power sampling: answers from p(y | x) ** alpha (service.power)
     <name>-distilled  the power-self-distilled model: a LoRA adapter, sampled plainly
 
-``choose_route`` is the pure choice; ``Router`` checks a request against its route (defaults,
-context, budget: all before any work starts) and runs it on the engine.
+``choose_route`` is the pure choice. ``Router`` checks a request against its route (defaults, context,
+token budget: all before any work starts), answers it from the response cache when it may, runs it
+(service.runners) otherwise, and records what it cost (service.metrics).
+
+Sampling is random, so by default only reproducible requests use the cache: those with a ``seed``, and
+greedy ones (temperature 0) off the power route, whose temperature-0 search still draws proposals.
+A request's ``cache`` object opts in or out. Identical concurrent requests are computed once.
 """
 
 from __future__ import annotations
 
+import json
 import math
+import time
 from collections.abc import AsyncIterator, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass, replace
 from enum import StrEnum
-from typing import Any
 
+from service.cache import ResponseStore, SingleFlight, cache_key
 from service.config import Settings
-from service.engines.base import Engine, Generated, SamplingOptions, derive_seed
-from service.errors import (
-    ContextLengthError,
-    InvalidRequestError,
-    ModelNotFoundError,
-    TokenBudgetError,
-)
+from service.engines.base import Engine, SamplingOptions
+from service.errors import ContextLengthError, InvalidRequestError, ModelNotFoundError, TokenBudgetError
 from service.generation import Choice, ChoiceDelta, GenerationRequest, GenerationResult
-from service.power import FrozenTokens, PowerConfig, PowerSample, PowerSampler
-from service.prompts import PromptRenderer, TextStream
-from service.streams import merge
+from service.metrics import (
+    CACHE_LOOKUPS,
+    POWER_ACCEPTANCE_RATE,
+    POWER_COST_MULTIPLIER,
+    SELF_REWARD,
+    TOKENS,
+)
+from service.power import PowerConfig
+from service.prompts import PromptRenderer
+from service.runners import Plan, Runner
 
-__all__ = ["Route", "RouteKind", "Router", "build_routes", "choose_route"]
+__all__ = ["DISTILLED_ADAPTER", "Route", "RouteKind", "Router", "Stream", "build_routes", "choose_route"]
 
 DISTILLED_ADAPTER = "distilled"
+
+Event = ChoiceDelta | Choice | GenerationResult
 
 
 class RouteKind(StrEnum):
@@ -68,25 +80,43 @@ def choose_route(model: str, routes: Sequence[Route]) -> Route:
 
 
 @dataclass(frozen=True)
-class _Plan:
-    """A request checked against its route, with every default resolved."""
+class _CachePolicy:
+    key: str
+    read: bool
+    write: bool
+    ttl: float
+    max_age: float | None
 
-    route: Route
-    request: GenerationRequest
-    max_tokens: int
-    options: SamplingOptions | None = None  # plain and distilled
-    power: PowerConfig | None = None  # power
+
+@dataclass
+class Stream:
+    """A streamed answer: its cache status (known before the first byte) and its events: deltas,
+    each whole choice as it ends, and the result last."""
+
+    cache: str
+    events: AsyncIterator[Event]
 
 
 class Router:
-    def __init__(self, engine: Engine, renderer: PromptRenderer, settings: Settings):
+    def __init__(
+        self,
+        engine: Engine,
+        renderer: PromptRenderer,
+        settings: Settings,
+        *,
+        store: ResponseStore,
+        revision: str,
+    ):
         self.engine = engine
         self.renderer = renderer
         self.settings = settings
-        self.sampler = PowerSampler(engine)
+        self.store = store
+        self.revision = revision  # of the weights and adapters: part of every cache key
+        self.runner = Runner(engine, renderer)
         self.routes = build_routes(
             engine.info.model_id, distilled=DISTILLED_ADAPTER in engine.info.adapters
         )
+        self._flight: SingleFlight[GenerationResult] = SingleFlight()
 
     def choose(self, model: str) -> Route:
         return choose_route(model, self.routes)
@@ -95,147 +125,106 @@ class Router:
 
     async def generate(self, route: Route, request: GenerationRequest) -> GenerationResult:
         plan = self.plan(route, request)  # raises before any work starts
-        choices = [item async for item in self._run(plan, stream=False) if isinstance(item, Choice)]
-        return self._result(plan, choices)
+        policy = self._cache_policy(route, request)
+        if policy is None:
+            CACHE_LOOKUPS.labels(route.kind, "bypass").inc()
+            return await self._compute(route, plan)
+        if (cached := await self._lookup(route, policy)) is not None:
+            return cached
+        result, shared = await self._flight.run(
+            policy.key, lambda: self._compute_and_store(route, plan, policy)
+        )
+        CACHE_LOOKUPS.labels(route.kind, "hit" if shared else "miss").inc()
+        return replace(result, cache="hit" if shared else "miss")
 
-    def stream(
-        self, route: Route, request: GenerationRequest
-    ) -> AsyncIterator[ChoiceDelta | Choice | GenerationResult]:
-        """Deltas of every choice as they come, each whole ``Choice`` as it ends, and the whole
-        result last (for usage and reports). The request is checked now, before streaming."""
+    async def stream(self, route: Route, request: GenerationRequest) -> Stream:
+        """Check the request and open its stream; a bad request raises here, before any byte."""
         plan = self.plan(route, request)
-        return self._stream(plan)
+        policy = self._cache_policy(route, request)
+        if policy is None:
+            CACHE_LOOKUPS.labels(route.kind, "bypass").inc()
+            return Stream("bypass", self._stream_computed(route, plan, None))
+        if (cached := await self._lookup(route, policy)) is not None:
+            return Stream("hit", _replay(cached))
+        status = "hit" if self._flight.running(policy.key) else "miss"
+        return Stream(status, self._stream_computed(route, plan, policy))
 
-    async def _stream(self, plan: _Plan) -> AsyncIterator[ChoiceDelta | Choice | GenerationResult]:
-        choices: list[Choice] = []
-        async for item in self._run(plan, stream=True):
-            if isinstance(item, Choice):
-                choices.append(item)
-            yield item
-        yield self._result(plan, choices)
-
-    def _run(self, plan: _Plan, *, stream: bool) -> AsyncIterator[ChoiceDelta | Choice]:
-        """All choices of all prompts, concurrently: the engine batches them."""
-        n = plan.request.n
-        return merge(
-            [
-                self._run_choice(plan, prompt, p * n + j, stream=stream)
-                for p, prompt in enumerate(plan.request.prompts)
-                for j in range(n)
-            ]
-        )
-
-    def _result(self, plan: _Plan, choices: list[Choice]) -> GenerationResult:
-        choices.sort(key=lambda c: c.index)
-        prompt_tokens = sum(len(prompt) for prompt in plan.request.prompts)
-        result = GenerationResult(
-            model=plan.route.model_id, prompt_tokens=prompt_tokens, choices=choices
-        )
-        if plan.power is not None:
-            result.report = _power_report(plan.power, choices) | {"self_reward": result.self_reward}
+    async def _compute(self, route: Route, plan: Plan) -> GenerationResult:
+        choices = [c async for c in self.runner.run(plan, stream=False) if isinstance(c, Choice)]
+        result = self.runner.result(plan, choices)
+        _record(route, result)
         return result
 
-    def _run_choice(
-        self, plan: _Plan, prompt: tuple[int, ...], index: int, *, stream: bool
-    ) -> AsyncIterator[ChoiceDelta | Choice]:
-        if plan.power is not None:
-            return self._power_choice(plan, prompt, index, stream=stream)
-        return self._plain_choice(plan, prompt, index, stream=stream)
+    async def _compute_and_store(
+        self, route: Route, plan: Plan, policy: _CachePolicy
+    ) -> GenerationResult:
+        result = await self._compute(route, plan)
+        await self._store(policy, result)
+        return result
 
-    async def _plain_choice(
-        self, plan: _Plan, prompt: tuple[int, ...], index: int, *, stream: bool
-    ) -> AsyncIterator[ChoiceDelta | Choice]:
-        assert plan.options is not None
-        options = plan.options
-        if plan.request.seed is not None:
-            options = replace(options, seed=derive_seed(plan.request.seed, index))
-        whole = Generated()
-        async for part in self.engine.generate(prompt, options, stream=stream):
-            whole.extend(part)
-            if stream and (part.token_ids or part.finish_reason):
-                yield ChoiceDelta(
-                    index=index,
-                    text=part.text,
-                    token_ids=part.token_ids,
-                    logprobs=part.logprobs,
-                    top_logprobs=part.top_logprobs if plan.request.logprobs is not None else None,
-                )
-        base_logprobs = None
-        if plan.route.kind is RouteKind.DISTILLED and whole.token_ids:
-            # Self-reward is measured under the base model, so the routes can be compared.
-            base_logprobs = await self.engine.score([*prompt, *whole.token_ids], len(prompt))
-        yield Choice(
-            index=index,
-            text=whole.text,
-            token_ids=whole.token_ids,
-            logprobs=whole.logprobs,
-            base_logprobs=base_logprobs,
-            top_logprobs=whole.top_logprobs if plan.request.logprobs is not None else None,
-            finish_reason=whole.finish_reason or "stop",
+    async def _stream_computed(
+        self, route: Route, plan: Plan, policy: _CachePolicy | None
+    ) -> AsyncIterator[Event]:
+        if policy is not None:
+            # A cacheable stream joins its single flight: if an identical request is being computed,
+            # it replays that result; otherwise it leads, and identical requests arriving meanwhile wait.
+            shared = await self._flight.wait(policy.key)
+            if shared is not None:
+                CACHE_LOOKUPS.labels(route.kind, "hit").inc()
+                async for event in _replay(replace(shared, cache="hit")):
+                    yield event
+                return
+            CACHE_LOOKUPS.labels(route.kind, "miss").inc()
+        with self._flight.lead(policy.key) if policy is not None else nullcontext() as future:
+            choices: list[Choice] = []
+            async for event in self.runner.run(plan, stream=True):
+                if isinstance(event, Choice):
+                    choices.append(event)
+                yield event
+            result = self.runner.result(plan, choices)
+            _record(route, result)
+            if policy is not None and future is not None:
+                result = replace(result, cache="miss")
+                await self._store(policy, result)
+                future.set_result(result)
+        yield result
+
+    async def _store(self, policy: _CachePolicy, result: GenerationResult) -> None:
+        if policy.write:
+            await self.store.set(policy.key, json.dumps(result.to_json()).encode(), policy.ttl)
+
+    # --- cache -----------------------------------------------------------------------------------
+
+    def _cache_policy(self, route: Route, request: GenerationRequest) -> _CachePolicy | None:
+        control = request.cache
+        greedy = request.temperature == 0 and route.kind is not RouteKind.POWER
+        if not (request.seed is not None or greedy or control.explicit):
+            return None
+        if control.no_cache and control.no_store:
+            return None
+        return _CachePolicy(
+            key=cache_key(route=route.model_id, revision=self.revision, fields=request.output_fields()),
+            read=not control.no_cache,
+            write=not control.no_store,
+            ttl=control.ttl if control.ttl is not None else self.settings.cache_ttl_s,
+            max_age=control.s_maxage,
         )
 
-    async def _power_choice(
-        self, plan: _Plan, prompt: tuple[int, ...], index: int, *, stream: bool
-    ) -> AsyncIterator[ChoiceDelta | Choice]:
-        assert plan.power is not None
-        request = plan.request
-        text = TextStream(self.renderer)
-        sent = 0  # tokens already streamed (frozen early, with a stream lag)
-        sample: PowerSample | None = None
-        async for event in self.sampler.run(prompt, plan.power, chain=index):
-            if isinstance(event, FrozenTokens):
-                sent += len(event.token_ids)
-                if stream and not request.stop:  # with stop strings, nothing is sure until the end
-                    yield ChoiceDelta(
-                        index=index,
-                        text=text.push(event.token_ids),
-                        token_ids=event.token_ids,
-                        logprobs=event.logprobs,
-                        top_logprobs=event.top_logprobs if request.logprobs is not None else None,
-                    )
-            else:
-                sample = event
-        assert sample is not None
-
-        token_ids, finish_reason = sample.token_ids, sample.finish_reason
-        answer_text = self.renderer.decode(token_ids)
-        if request.stop:
-            cut = _truncate_at_stop(self.renderer, token_ids, answer_text, request.stop)
-            if cut is not None:
-                keep, answer_text = cut
-                token_ids, finish_reason = token_ids[:keep], "stop"
-            sent = 0
-            text = TextStream(self.renderer)
-        logprobs = sample.logprobs[: len(token_ids)]
-        top = sample.top_logprobs[: len(token_ids)] if request.logprobs is not None else None
-        if stream:
-            rest = token_ids[sent:]
-            yield ChoiceDelta(
-                index=index,
-                text=text.push(rest, final=True) if not request.stop else answer_text,
-                token_ids=rest,
-                logprobs=logprobs[sent:],
-                top_logprobs=top[sent:] if top is not None else None,
-            )
-        stats = sample.stats
-        yield Choice(
-            index=index,
-            text=answer_text,
-            token_ids=token_ids,
-            logprobs=logprobs,
-            top_logprobs=top,
-            finish_reason=finish_reason,
-            report={
-                "proposals": stats.proposals,
-                "accepted": stats.accepted,
-                "tokens_generated": stats.tokens_generated,
-                "normaliser_error_bound": stats.normaliser_error_bound,
-            },
-        )
+    async def _lookup(self, route: Route, policy: _CachePolicy) -> GenerationResult | None:
+        if not policy.read:
+            return None
+        found = await self.store.get(policy.key)
+        if found is None:
+            return None
+        value, stored_at = found
+        if policy.max_age is not None and time.time() - stored_at > policy.max_age:
+            return None
+        CACHE_LOOKUPS.labels(route.kind, "hit").inc()
+        return replace(GenerationResult.from_json(json.loads(value)), cache="hit")
 
     # --- checking a request against its route ---------------------------------------------------
 
-    def plan(self, route: Route, request: GenerationRequest) -> _Plan:
+    def plan(self, route: Route, request: GenerationRequest) -> Plan:
         """Resolve defaults and refuse what cannot be served, before any engine work starts."""
         if request.n > self.settings.max_n:
             raise InvalidRequestError(f"n must be <= {self.settings.max_n}.", param="n")
@@ -249,9 +238,8 @@ class Router:
                     f"`{name}` applies to the power route only (model `{route.base_model}-power`).",
                     param=name,
                 )
-        max_tokens = self._max_tokens(request, self.settings.default_max_tokens)
         options = SamplingOptions(
-            max_tokens=max_tokens,
+            max_tokens=self._max_tokens(request, self.settings.default_max_tokens),
             temperature=1.0 if request.temperature is None else request.temperature,
             top_p=request.top_p,
             presence_penalty=request.presence_penalty,
@@ -260,9 +248,10 @@ class Router:
             top_logprobs=request.logprobs or 0,
             adapter=DISTILLED_ADAPTER if route.kind is RouteKind.DISTILLED else None,
         )
-        return _Plan(route, request, max_tokens, options=options)
+        # The distilled model's answers are scored under the base model, so self-rewards compare.
+        return Plan(route.model_id, request, options=options, rescore=route.kind is RouteKind.DISTILLED)
 
-    def _plan_power(self, route: Route, request: GenerationRequest) -> _Plan:
+    def _plan_power(self, route: Route, request: GenerationRequest) -> Plan:
         if request.top_p != 1.0:
             raise InvalidRequestError(
                 "The power route samples without top-p (its proposal is the full tempered model); "
@@ -272,19 +261,17 @@ class Router:
         for name in ("presence_penalty", "frequency_penalty"):
             if getattr(request, name):
                 raise InvalidRequestError(
-                    f"`{name}` is not supported on the power route: it would change the target "
-                    "distribution.",
+                    f"`{name}` is not supported on the power route: it would change its target.",
                     param=name,
                 )
-        alpha = _alpha(request, default=self.settings.power_alpha)
         max_tokens = self._max_tokens(request, self.settings.power_max_tokens)
         try:
             config = PowerConfig(
                 max_tokens=max_tokens,
-                alpha=alpha,
-                mcmc_steps=(
-                    self.settings.power_mcmc_steps if request.mcmc_steps is None else request.mcmc_steps
-                ),
+                alpha=_alpha(request, default=self.settings.power_alpha),
+                mcmc_steps=self.settings.power_mcmc_steps
+                if request.mcmc_steps is None
+                else request.mcmc_steps,
                 block_size=request.block_size,
                 top_logprobs=self.settings.power_top_logprobs,
                 stream_lag=request.power_stream_lag,
@@ -298,13 +285,12 @@ class Router:
             raise TokenBudgetError(
                 f"This request could make the engine generate up to {worst_case} tokens "
                 f"({len(request.prompts)} prompt(s), n={request.n}, max_tokens={max_tokens}, "
-                f"mcmc_steps={config.mcmc_steps}, "
-                f"block_size={config.block_tokens}), over the limit of "
+                f"mcmc_steps={config.mcmc_steps}, block_size={config.block_tokens}), over the limit of "
                 f"{self.settings.power_token_budget}. Lower max_tokens, n or mcmc_steps, or raise "
                 "block_size.",
                 param="max_tokens",
             )
-        return _Plan(route, request, max_tokens, power=config)
+        return Plan(route.model_id, request, power=config)
 
     def _max_tokens(self, request: GenerationRequest, default: int) -> int:
         """max_tokens as asked, or the route's default capped by the room the prompts leave."""
@@ -329,8 +315,6 @@ class Router:
 def _alpha(request: GenerationRequest, *, default: float) -> float:
     """The power route's exponent: power_alpha if given, else 1/temperature (0 -> inf)."""
     if request.power_alpha is not None:
-        if not request.power_alpha >= 1:
-            raise InvalidRequestError("power_alpha must be >= 1.", param="power_alpha")
         return request.power_alpha
     if request.temperature is None:
         return default
@@ -342,44 +326,32 @@ def _alpha(request: GenerationRequest, *, default: float) -> float:
     return math.inf if request.temperature == 0 else 1.0 / request.temperature
 
 
-def _truncate_at_stop(
-    renderer: PromptRenderer, token_ids: list[int], text: str, stop: Sequence[str]
-) -> tuple[int, str] | None:
-    """Cut an answer at its first stop string: (tokens kept, text before the stop), or None."""
-    hits = [(i, s) for s in stop if (i := text.find(s)) >= 0]
-    if not hits:
-        return None
-    start, word = min(hits)
-    end = start + len(word)
-    # Fewest tokens whose text reaches the end of the stop string (decoded length grows with j).
-    lo, hi = 1, len(token_ids)
-    while lo < hi:
-        mid = (lo + hi) // 2
-        if len(renderer.decode(token_ids[:mid])) >= end:
-            hi = mid
-        else:
-            lo = mid + 1
-    return lo, text[:start]
+async def _replay(result: GenerationResult) -> AsyncIterator[Event]:
+    """A cached result as a stream: each choice whole, then the result."""
+    for choice in result.choices:
+        yield ChoiceDelta(
+            index=choice.index,
+            text=choice.text,
+            token_ids=choice.token_ids,
+            logprobs=choice.logprobs,
+            top_logprobs=choice.top_logprobs,
+        )
+        yield choice
+    yield result
 
 
-def _power_report(config: PowerConfig, choices: list[Choice]) -> dict[str, Any]:
-    """The power route's report over all choices: what the chains cost and what they got."""
-    reports = [c.report or {} for c in choices]
-    proposals = sum(r.get("proposals", 0) for r in reports)
-    accepted = sum(r.get("accepted", 0) for r in reports)
-    generated = sum(r.get("tokens_generated", 0) for r in reports)
-    returned = sum(len(c.token_ids) for c in choices)
-    return {
-        "alpha": config.alpha if math.isfinite(config.alpha) else "inf",
-        "mcmc_steps": config.mcmc_steps,
-        "block_size": config.block_tokens,
-        "stream_lag": config.stream_lag,
-        "proposals": proposals,
-        "accepted": accepted,
-        "acceptance_rate": accepted / proposals if proposals else None,
-        "tokens_generated": generated,
-        "cost_multiplier": generated / returned if returned else None,
-        "normaliser_error_bound": max(
-            (r.get("normaliser_error_bound", 0.0) for r in reports), default=0.0
-        ),
-    }
+def _record(route: Route, result: GenerationResult) -> None:
+    """What a computed (not cached) result cost and what it got."""
+    returned = result.completion_tokens
+    generated = (result.report or {}).get("tokens_generated", returned)
+    TOKENS.labels(route.kind, "prompt").inc(result.prompt_tokens)
+    TOKENS.labels(route.kind, "returned").inc(returned)
+    TOKENS.labels(route.kind, "generated").inc(generated)
+    for choice in result.choices:
+        if choice.token_ids:
+            SELF_REWARD.labels(route.kind).observe(choice.self_reward["mean_logprob"])
+    if route.kind is RouteKind.POWER and result.report is not None:
+        if result.report["cost_multiplier"] is not None:
+            POWER_COST_MULTIPLIER.observe(result.report["cost_multiplier"])
+        if result.report["acceptance_rate"] is not None:
+            POWER_ACCEPTANCE_RATE.observe(result.report["acceptance_rate"])

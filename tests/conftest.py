@@ -13,7 +13,7 @@ from pathlib import Path
 import openai
 import pytest
 
-from loadtests.harness import ServiceProcess
+from loadtests.harness import RedisProcess, ServiceProcess
 from tests.tiny_model import build_tiny_model
 
 # The tiny model: seed and weight scale chosen so that p**4 and temperature-1/4 sampling differ a lot
@@ -46,23 +46,28 @@ def start_service(
 
 
 @pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisProcess]:
+    server = RedisProcess().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
 def tiny_service(
-    tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path
+    tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path, redis_server: RedisProcess
 ) -> Iterator[ServiceProcess]:
-    service = start_service(
-        tmp_path_factory,
-        "tiny",
-        [
-            "--model",
-            str(tiny_model_dir),
-            "--max-model-len",
-            "64",
-            "--kv-cache-gib",
-            "1",
-            "--max-n",
-            "512",
-        ],
-    )
+    """The tiny model, with Redis as its response cache (the default service keeps the LRU)."""
+    args = [
+        "--model",
+        str(tiny_model_dir),
+        "--max-model-len",
+        "64",
+        "--kv-cache-gib",
+        "1",
+        "--max-n",
+        "512",
+    ]
+    service = start_service(tmp_path_factory, "tiny", args, env={"REDIS_URL": redis_server.url})
     yield service
     service.stop()
 

@@ -19,11 +19,13 @@ from fastapi import FastAPI
 from service import __version__
 from service.api.deps import Services
 from service.api.errors import install_error_handlers
+from service.api.observe import RequestMetrics
 from service.api.routes import api_router
+from service.cache import MemoryStore, RedisStore, ResponseStore
 from service.config import Settings
 from service.engines.base import Engine
 from service.engines.local import LocalEngine
-from service.model_store import ensure_default_model
+from service.model_store import ensure_default_model, model_revision
 from service.prompts import PromptRenderer
 from service.router import DISTILLED_ADAPTER, Router
 
@@ -55,14 +57,23 @@ def build_engine(settings: Settings, model_dir: Path) -> Engine:
     )
 
 
+def build_store(settings: Settings) -> ResponseStore:
+    if settings.redis_url:
+        return RedisStore(settings.redis_url)
+    return MemoryStore(settings.cache_max_entries)
+
+
 async def _start_services(app: FastAPI, settings: Settings) -> None:
     try:
         model_dir = await asyncio.to_thread(resolve_model_dir, settings)
         engine = build_engine(settings, model_dir)
         app.state.engine = engine
         renderer = await asyncio.to_thread(PromptRenderer, model_dir)
+        adapters = [settings.distilled_adapter] if settings.distilled_adapter else []
+        revision = await asyncio.to_thread(model_revision, model_dir, *adapters)
         await asyncio.wait_for(engine.start(), timeout=settings.engine_start_timeout_s)
-        app.state.services = Services(settings, engine, renderer, Router(engine, renderer, settings))
+        router = Router(engine, renderer, settings, store=app.state.store, revision=revision)
+        app.state.services = Services(settings, engine, renderer, router)
         logger.info(
             "serving %s on http://%s:%d/v1",
             [r.model_id for r in app.state.services.router.routes],
@@ -80,11 +91,13 @@ async def _start_services(app: FastAPI, settings: Settings) -> None:
 async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     app.state.engine = None
     app.state.services = None
+    app.state.store = build_store(app.state.settings)
     starting = asyncio.create_task(_start_services(app, app.state.settings))
     try:
         yield
     finally:
         starting.cancel()
+        await app.state.store.close()
         if app.state.engine is not None:
             await app.state.engine.close()
 
@@ -98,5 +111,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings or Settings()
     install_error_handlers(app)
+    app.add_middleware(RequestMetrics)
     app.include_router(api_router)
     return app

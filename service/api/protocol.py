@@ -17,9 +17,10 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
-from service.generation import GenerationRequest
+from service.generation import CacheControl, GenerationRequest
 
 __all__ = [
+    "CacheFields",
     "ChatCompletionRequest",
     "ChatMessage",
     "CompletionRequest",
@@ -51,6 +52,27 @@ class StreamOptions(_Request):
     include_usage: bool = False
 
 
+class CacheFields(_Request):
+    """The per-request `cache` object, with LiteLLM's keys."""
+
+    model_config = ConfigDict(extra="ignore", populate_by_name=True)
+    no_cache: bool = Field(False, alias="no-cache", description="do not answer from the cache")
+    no_store: bool = Field(False, alias="no-store", description="do not store this answer")
+    ttl: Annotated[float, Field(gt=0)] | None = Field(None, description="store for this many seconds")
+    s_maxage: Annotated[float, Field(ge=0)] | None = Field(
+        None, alias="s-maxage", description="accept a cached answer at most this many seconds old"
+    )
+
+    def to_control(self) -> CacheControl:
+        return CacheControl(
+            explicit=True,
+            no_cache=self.no_cache,
+            no_store=self.no_store,
+            ttl=self.ttl,
+            s_maxage=self.s_maxage,
+        )
+
+
 class _SamplingFields(_Request):
     """Fields both endpoints share."""
 
@@ -65,6 +87,7 @@ class _SamplingFields(_Request):
     stream: bool = False
     stream_options: StreamOptions | None = None
     user: str | None = None
+    cache: CacheFields | None = None
     # Power route (extra_body in the OpenAI SDK).
     power_alpha: Annotated[float, Field(ge=1)] | None = None
     mcmc_steps: Annotated[int, Field(ge=0)] | None = None
@@ -110,6 +133,7 @@ class _SamplingFields(_Request):
             block_size=self.block_size,
             power_stream_lag=self.power_stream_lag,
             prompt_param=prompt_param,
+            cache=self.cache.to_control() if self.cache is not None else CacheControl(),
         )
 
 

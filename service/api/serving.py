@@ -2,12 +2,13 @@
 
 The endpoints differ only in how a choice, a delta and a log-prob listing look (``ResponseFormat``);
 the rest (cancellation on disconnect, usage, the ``self_reward`` and ``power`` extensions, the
-streamed finish and usage chunks) is here once.
+streamed finish and usage chunks, the cache header, latency metrics) is here once.
 """
 
 from __future__ import annotations
 
 import abc
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -23,10 +24,13 @@ from service.api.streaming import (
     sse_events,
 )
 from service.generation import Choice, ChoiceDelta, GenerationRequest, GenerationResult
+from service.metrics import REQUESTS_IN_FLIGHT, TIME_TO_FIRST_TOKEN
 from service.prompts import PromptRenderer
 from service.router import Route
 
-__all__ = ["ResponseFormat", "respond"]
+__all__ = ["CACHE_HEADER", "ResponseFormat", "respond"]
+
+CACHE_HEADER = "x-powerserve-cache"
 
 
 class ResponseFormat(abc.ABC):
@@ -69,15 +73,22 @@ async def respond(
     stream: bool,
     include_usage: bool,
 ) -> Response:
-    response_id, created = new_id(fmt.id_prefix), now()
+    request.state.route = route  # for the request metrics (api/app.py)
+    response_id, created, began = new_id(fmt.id_prefix), now(), time.monotonic()
     if stream:
-        events = services.router.stream(route, generation)  # a bad request raises here: a 4xx
-        chunks = _chunks(events, fmt, response_id, created, route.model_id, include_usage)
-        return EventStreamResponse(sse_events(chunks))
+        opened = await services.router.stream(route, generation)  # a bad request raises here: a 4xx
+        chunks = _chunks(opened.events, fmt, response_id, created, route, include_usage, began)
+        return EventStreamResponse(sse_events(chunks), headers={CACHE_HEADER: opened.cache})
+
+    in_flight = REQUESTS_IN_FLIGHT.labels(route.kind)
+    in_flight.inc()
     try:
         result = await cancel_on_disconnect(request, services.router.generate(route, generation))
     except ClientDisconnected:
         return Response(status_code=499)  # nobody is listening; the work has been cancelled
+    finally:
+        in_flight.dec()
+    TIME_TO_FIRST_TOKEN.labels(route.kind).observe(time.monotonic() - began)
     body = {
         "id": response_id,
         "object": fmt.object_name,
@@ -86,7 +97,7 @@ async def respond(
         "choices": [fmt.choice(choice) for choice in result.choices],
         "usage": _usage(result),
     } | _extensions(result)
-    return JSONResponse(body)
+    return JSONResponse(body, headers={CACHE_HEADER: result.cache})
 
 
 async def _chunks(
@@ -94,33 +105,43 @@ async def _chunks(
     fmt: ResponseFormat,
     response_id: str,
     created: int,
-    model: str,
+    route: Route,
     include_usage: bool,
+    began: float,
 ) -> AsyncIterator[dict[str, Any]]:
     def chunk(choices: list[dict[str, Any]], **extra: Any) -> dict[str, Any]:
         head = {
             "id": response_id,
             "object": fmt.chunk_object_name,
             "created": created,
-            "model": model,
+            "model": route.model_id,
         }
         return head | {"choices": choices} | extra
 
+    in_flight = REQUESTS_IN_FLIGHT.labels(route.kind)
+    in_flight.inc()
+    first_token_seen = False
     started: set[int] = set()
-    async for event in events:
-        if isinstance(event, ChoiceDelta):
-            yield chunk([fmt.delta(event, first=event.index not in started)])
-            started.add(event.index)
-        elif isinstance(event, Choice):
-            if event.index not in started:  # ended before any delta: open it first
-                yield chunk([fmt.delta(ChoiceDelta(index=event.index), first=True)])
+    try:
+        async for event in events:
+            if isinstance(event, ChoiceDelta):
+                if not first_token_seen and event.token_ids:
+                    first_token_seen = True
+                    TIME_TO_FIRST_TOKEN.labels(route.kind).observe(time.monotonic() - began)
+                yield chunk([fmt.delta(event, first=event.index not in started)])
                 started.add(event.index)
-            entry = fmt.finish(event) | {"self_reward": event.self_reward}
-            if event.report is not None:
-                entry["power"] = event.report
-            yield chunk([entry])
-        elif include_usage:
-            yield chunk([], usage=_usage(event), **_extensions(event))
+            elif isinstance(event, Choice):
+                if event.index not in started:  # ended before any delta: open it first
+                    yield chunk([fmt.delta(ChoiceDelta(index=event.index), first=True)])
+                    started.add(event.index)
+                entry = fmt.finish(event) | {"self_reward": event.self_reward}
+                if event.report is not None:
+                    entry["power"] = event.report
+                yield chunk([entry])
+            elif include_usage:
+                yield chunk([], usage=_usage(event), **_extensions(event))
+    finally:
+        in_flight.dec()
 
 
 def _usage(result: GenerationResult) -> dict[str, int]:

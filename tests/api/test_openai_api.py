@@ -13,6 +13,8 @@ from tests.conftest import TINY_MODEL_NAME, TINY_PROMPT
 from tests.tiny_model import EOS, WORDS
 
 MODEL = TINY_MODEL_NAME
+# Seeded requests are cached; tests of the engine's own reproducibility must not read the cache.
+UNCACHED = {"cache": {"no-cache": True, "no-store": True}}
 
 
 def test_models_lists_plain_and_power_routes(tiny_client: openai.OpenAI) -> None:
@@ -89,7 +91,9 @@ def test_n_returns_independent_choices(tiny_client: openai.OpenAI) -> None:
 
 def test_same_seed_same_output_other_seed_other_output(tiny_client: openai.OpenAI) -> None:
     def sample(seed: int) -> list[str]:
-        result = tiny_client.completions.create(model=MODEL, prompt="a", max_tokens=3, n=4, seed=seed)
+        result = tiny_client.completions.create(
+            model=MODEL, prompt="a", max_tokens=3, n=4, seed=seed, extra_body=UNCACHED
+        )
         return [c.text for c in result.choices]
 
     assert sample(42) == sample(42)
@@ -140,10 +144,10 @@ def test_streaming_chat_with_usage_matches_the_non_streamed_answer(
     tiny_client: openai.OpenAI,
 ) -> None:
     kwargs = dict(model=MODEL, messages=[{"role": "user", "content": "a b"}], max_tokens=6, seed=21)
-    whole = tiny_client.chat.completions.create(**kwargs)
+    whole = tiny_client.chat.completions.create(**kwargs, extra_body=UNCACHED)
     chunks = list(
         tiny_client.chat.completions.create(
-            **kwargs, stream=True, stream_options={"include_usage": True}
+            **kwargs, stream=True, stream_options={"include_usage": True}, extra_body=UNCACHED
         )
     )
     assert chunks[0].choices[0].delta.role == "assistant"

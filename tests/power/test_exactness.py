@@ -16,9 +16,9 @@ from pathlib import Path
 import httpx
 import pytest
 
+from loadtests.harness import ServiceProcess
 from tests.conftest import TINY_MODEL_NAME, TINY_PROMPT
 from tests.oracle import chain_law
-from loadtests.harness import ServiceProcess
 from tests.stats import empirical, total_variation, tv_bound
 from tests.tiny_model import EOS_ID, VOCAB, ExactModel
 
@@ -85,7 +85,8 @@ def test_power_route_samples_p_to_the_alpha(
     found = empirical(samples)
     bound = tv_bound(law, len(samples))
     logger.info(
-        "power route, %d samples: TV to the chain's exact law %.4f (bound %.4f); exact law to p**%g %.4f; "
+        "power route, %d samples: TV to the chain's exact law %.4f (bound %.4f); "
+        "exact law to p**%g %.4f; "
         "samples to p**%g %.4f",
         len(samples),
         total_variation(found, law),

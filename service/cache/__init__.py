@@ -1,0 +1,7 @@
+"""The response cache: keys, stores (Redis or in-process) and single-flight."""
+
+from service.cache.keys import cache_key
+from service.cache.singleflight import SingleFlight
+from service.cache.store import MemoryStore, RedisStore, ResponseStore
+
+__all__ = ["MemoryStore", "RedisStore", "ResponseStore", "SingleFlight", "cache_key"]

@@ -1,0 +1,25 @@
+"""Cache keys: a hash of everything that determines an answer, and nothing else."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+__all__ = ["cache_key"]
+
+# Bump when the cached value's layout changes, so old entries are never misread.
+_LAYOUT = 1
+
+
+def cache_key(*, route: str, revision: str, fields: dict[str, Any]) -> str:
+    """``powerserve:v1:<sha256>`` of the route, the model's revision (weights and adapter) and every
+    output-affecting request field (prompt token ids, sampling and power parameters). Not covered:
+    stream, stream_options, user, request ids (they change how an answer travels, not what it is)."""
+    canonical = json.dumps(
+        {"layout": _LAYOUT, "route": route, "revision": revision, "request": fields},
+        sort_keys=True,
+        separators=(",", ":"),
+        default=list,
+    )
+    return f"powerserve:v{_LAYOUT}:{hashlib.sha256(canonical.encode()).hexdigest()}"
