@@ -2,26 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import Depends, Request
 
-from service.config import Settings
-from service.engines.base import Engine
 from service.errors import EngineUnavailableError
-from service.prompts import PromptRenderer
-from service.router import Router
+from service.runtime import Services
 
 __all__ = ["Services", "ServicesDep", "get_services"]
-
-
-@dataclass
-class Services:
-    settings: Settings
-    engine: Engine
-    renderer: PromptRenderer
-    router: Router
 
 
 def get_services(request: Request) -> Services:
