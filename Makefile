@@ -11,7 +11,7 @@ STAMP := $(VENV)/.installed-$(DEVICE)
 CONSTRAINTS := $(wildcard constraints/$(DEVICE).txt)
 PYTEST_ARGS ?=
 
-.PHONY: all install model serve test lint bench system-deps clean
+.PHONY: all install model serve test lint bench bench-serving stack load system-deps clean
 
 all: serve
 
@@ -51,8 +51,16 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check service tests loadtests
 	$(BIN)/mypy
 
+# Benchmarks; figures go to loadtests/results/ and the README.
 bench: $(STAMP) model
-	$(BIN)/powerserve bench
+	$(BIN)/python -m loadtests.bench_power
+
+bench-serving: $(STAMP) model system-deps
+	$(BIN)/python -m loadtests.bench_serving
+
+# The scale-out topology as local processes: Redis, two vLLM workers, the gateway, Prometheus.
+stack: $(STAMP) model system-deps
+	$(BIN)/python -m loadtests.stack
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache .ruff_cache .mypy_cache

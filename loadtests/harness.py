@@ -22,26 +22,39 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-class ServiceProcess:
-    """``powerserve serve`` in a child process, on a free loopback port, its log in ``log_path``."""
+def wait_for_http(url: str, *, timeout: float, alive: subprocess.Popen | None = None) -> None:
+    """Poll ``url`` until it answers 200; fail early if ``alive`` (the server's process) exits."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if alive is not None and alive.poll() is not None:
+            raise RuntimeError(f"the process serving {url} exited with {alive.returncode}")
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(url, timeout=2).status_code == 200:
+                return
+        time.sleep(0.5)
+    raise TimeoutError(f"{url} did not answer 200 in {timeout} s")
 
-    def __init__(self, args: list[str], log_path: Path, env: dict[str, str] | None = None):
-        self.port = free_port()
+
+class ServiceProcess:
+    """``powerserve serve`` (or ``worker``) in a child process, on a free loopback port, its log in
+    ``log_path``."""
+
+    def __init__(
+        self,
+        args: list[str],
+        log_path: Path,
+        env: dict[str, str] | None = None,
+        *,
+        command: str = "serve",
+        port: int | None = None,
+    ):
+        self.port = port or free_port()
         self.url = f"http://{LOOPBACK}:{self.port}"
         self.log_path = log_path
         self._log = open(log_path, "w")  # noqa: SIM115 - closed in stop()
+        address = ["--host", LOOPBACK, "--port", str(self.port)]
         self.process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "service",
-                "serve",
-                "--host",
-                LOOPBACK,
-                "--port",
-                str(self.port),
-                *args,
-            ],
+            [sys.executable, "-m", "service", command, *address, *args],
             stdout=self._log,
             stderr=subprocess.STDOUT,
             env=os.environ | {"VLLM_HOST_IP": LOOPBACK} | (env or {}),
@@ -53,17 +66,11 @@ class ServiceProcess:
         return f"{self.url}/v1"
 
     def wait_ready(self, timeout: float = 600) -> ServiceProcess:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(
-                    f"the service exited with {self.process.returncode}:\n{self.log_tail()}"
-                )
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"{self.url}/health", timeout=2).status_code == 200:
-                    return self
-            time.sleep(0.5)
-        raise TimeoutError(f"the service was not ready in {timeout} s:\n{self.log_tail()}")
+        try:
+            wait_for_http(f"{self.url}/health", timeout=timeout, alive=self.process)
+        except (RuntimeError, TimeoutError) as exc:
+            raise RuntimeError(f"{exc}:\n{self.log_tail()}") from exc
+        return self
 
     def metric(self, name: str, **labels: str) -> float:
         """A sample's value from /metrics (0 when absent): ``metric("powerserve_tokens_total",
@@ -114,6 +121,56 @@ class RedisProcess:
                 return self
             time.sleep(0.05)
         raise TimeoutError("redis-server did not start")
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(timeout=10)
+
+
+class PrometheusProcess:
+    """A real ``prometheus`` on loopback, scraping the given jobs: {job name: [base URL, ...]}."""
+
+    def __init__(
+        self, jobs: dict[str, list[str]], workdir: Path, *, port: int | None = None, interval: str = "1s"
+    ):
+        self.port = port or free_port()
+        self.url = f"http://{LOOPBACK}:{self.port}"
+        self.workdir = Path(workdir)
+        self.jobs = jobs
+        self.interval = interval
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def config(self) -> str:
+        jobs = "".join(
+            f"  - job_name: {name}\n    static_configs:\n      - targets: "
+            f"[{', '.join(repr(u.split('://', 1)[-1]) for u in urls)}]\n"
+            for name, urls in self.jobs.items()
+        )
+        return f"global:\n  scrape_interval: {self.interval}\nscrape_configs:\n{jobs}"
+
+    def start(self) -> PrometheusProcess:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        config = self.workdir / "prometheus.yml"
+        config.write_text(self.config())
+        self.process = subprocess.Popen(
+            [
+                "prometheus",
+                f"--config.file={config}",
+                f"--storage.tsdb.path={self.workdir / 'data'}",
+                f"--web.listen-address={LOOPBACK}:{self.port}",
+            ],
+            stdout=open(self.workdir / "prometheus.log", "w"),  # noqa: SIM115 - lives with the process
+            stderr=subprocess.STDOUT,
+        )
+        wait_for_http(f"{self.url}/-/ready", timeout=60, alive=self.process)
+        return self
+
+    def query(self, expr: str) -> list[dict]:
+        """An instant query's result vector (empty when the expression has no data)."""
+        response = httpx.get(f"{self.url}/api/v1/query", params={"query": expr}, timeout=30)
+        response.raise_for_status()
+        return list(response.json()["data"]["result"])
 
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:

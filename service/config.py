@@ -70,6 +70,19 @@ class Settings(BaseSettings):
     )
     engine_start_timeout_s: float = Field(600.0, gt=0)
 
+    # --- remote workers (scale-out) --------------------------------------------------------------
+    workers: str | None = Field(
+        None,
+        description="Comma-separated base URLs of vLLM workers (`powerserve worker`, or any vllm serve "
+        "of the same model): the gateway drives them instead of an in-process engine.",
+    )
+    worker_health_interval_s: float = Field(
+        2.0, gt=0, description="Seconds between worker health checks."
+    )
+    worker_timeout_s: float = Field(
+        60.0, gt=0, description="Worker request timeout (plus 0.5 s per requested token): a stall."
+    )
+
     # --- requests ------------------------------------------------------------------------------
     max_n: int = Field(16, ge=1, description="Largest `n` (samples per request) accepted.")
     default_max_tokens: int = Field(

@@ -15,7 +15,13 @@ import shutil
 import time
 from pathlib import Path
 
-__all__ = ["default_model_dir", "ensure_default_model", "model_revision"]
+__all__ = [
+    "DEFAULT_ADAPTER_DIR",
+    "default_model_dir",
+    "ensure_default_model",
+    "eos_token_ids",
+    "model_revision",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -26,6 +32,10 @@ _READY = ".powerserve-ready"
 
 def default_model_dir(cache_dir: Path) -> Path:
     return Path(cache_dir) / "models" / _DIR_NAME
+
+
+# The project's own power-self-distilled adapter for the default model (see README: reproducing it).
+DEFAULT_ADAPTER_DIR = Path(__file__).parent / "distill" / "adapters" / _DIR_NAME
 
 
 def ensure_default_model(cache_dir: Path) -> Path:
@@ -81,6 +91,18 @@ def _convert(target: Path) -> None:
     shutil.rmtree(target, ignore_errors=True)
     staging.rename(target)
     logger.info("default model ready in %.0f s: %s", time.monotonic() - began, target)
+
+
+def eos_token_ids(model_dir: Path, tokenizer_eos: int | None) -> frozenset[int]:
+    """The tokens vLLM ends a sequence on: the tokenizer's EOS and generation_config's."""
+    import json
+
+    ids = {int(tokenizer_eos)} if tokenizer_eos is not None else set()
+    config_path = Path(model_dir) / "generation_config.json"
+    if config_path.exists():
+        value = json.loads(config_path.read_text()).get("eos_token_id")
+        ids.update(int(v) for v in (value if isinstance(value, list) else [value]) if v is not None)
+    return frozenset(ids)
 
 
 def model_revision(*directories: Path) -> str:

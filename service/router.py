@@ -27,7 +27,7 @@ from enum import StrEnum
 
 from service.cache import ResponseStore, SingleFlight, cache_key
 from service.config import Settings
-from service.engines.base import Engine, SamplingOptions
+from service.engines.base import DISTILLED_ADAPTER, Engine, SamplingOptions
 from service.errors import ContextLengthError, InvalidRequestError, ModelNotFoundError, TokenBudgetError
 from service.generation import Choice, ChoiceDelta, GenerationRequest, GenerationResult
 from service.metrics import (
@@ -43,7 +43,6 @@ from service.runners import Plan, Runner
 
 __all__ = ["DISTILLED_ADAPTER", "Route", "RouteKind", "Router", "Stream", "build_routes", "choose_route"]
 
-DISTILLED_ADAPTER = "distilled"
 
 Event = ChoiceDelta | Choice | GenerationResult
 

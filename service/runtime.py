@@ -13,18 +13,21 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from service import metrics
 from service.cache import MemoryStore, RedisStore, ResponseStore
 from service.config import Settings
-from service.engines.base import Engine
+from service.engines.base import DISTILLED_ADAPTER, Engine
 from service.engines.local import LocalEngine
-from service.model_store import ensure_default_model, model_revision
+from service.engines.remote import RemoteEngine
+from service.model_store import DEFAULT_ADAPTER_DIR, ensure_default_model, model_revision
 from service.prompts import PromptRenderer
-from service.router import DISTILLED_ADAPTER, Router
+from service.router import Router
 
 __all__ = [
     "Services",
     "build_engine",
     "build_store",
+    "resolve_adapter",
     "resolve_model_dir",
     "running_services",
     "start_services",
@@ -45,10 +48,29 @@ def resolve_model_dir(settings: Settings) -> Path:
     return settings.model if settings.model is not None else ensure_default_model(settings.cache_dir)
 
 
+def resolve_adapter(settings: Settings) -> Path | None:
+    """The distilled adapter: as configured, else the one shipped for the embedded default model."""
+    if settings.distilled_adapter is not None:
+        return settings.distilled_adapter
+    if settings.model is None and (DEFAULT_ADAPTER_DIR / "adapter_config.json").exists():
+        return DEFAULT_ADAPTER_DIR
+    return None
+
+
 def build_engine(settings: Settings, model_dir: Path) -> Engine:
     adapters = {}
-    if settings.distilled_adapter is not None:
-        adapters[DISTILLED_ADAPTER] = settings.distilled_adapter
+    if (adapter := resolve_adapter(settings)) is not None:
+        adapters[DISTILLED_ADAPTER] = adapter
+    if settings.workers:
+        # The workers load the adapter themselves (powerserve worker serves it as `distilled`).
+        return RemoteEngine(
+            [url.strip() for url in settings.workers.split(",") if url.strip()],
+            model_dir=model_dir,
+            model_id=settings.served_model_name,
+            adapters=tuple(adapters),
+            health_interval_s=settings.worker_health_interval_s,
+            request_timeout_s=settings.worker_timeout_s,
+        )
     return LocalEngine(
         model_dir,
         model_id=settings.served_model_name,
@@ -80,16 +102,17 @@ async def start_services(
     if on_engine is not None:
         on_engine(engine)
     renderer = await asyncio.to_thread(PromptRenderer, model_dir)
-    adapters = [settings.distilled_adapter] if settings.distilled_adapter else []
-    revision = await asyncio.to_thread(model_revision, model_dir, *adapters)
+    adapter = resolve_adapter(settings)
+    revision = await asyncio.to_thread(model_revision, model_dir, *([adapter] if adapter else []))
     try:
         await asyncio.wait_for(engine.start(), timeout=settings.engine_start_timeout_s)
     except BaseException:
         await engine.close()
         raise
-    return Services(
-        settings, engine, renderer, Router(engine, renderer, settings, store=store, revision=revision)
-    )
+    router = Router(engine, renderer, settings, store=store, revision=revision)
+    workers = [w.url for w in engine.workers] if isinstance(engine, RemoteEngine) else []
+    metrics.prime([route.kind.value for route in router.routes], workers)
+    return Services(settings, engine, renderer, router)
 
 
 @asynccontextmanager

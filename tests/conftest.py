@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,6 +15,7 @@ import openai
 import pytest
 
 from loadtests.harness import RedisProcess, ServiceProcess
+from service.distill.train import TrainConfig, train_adapter
 from tests.tiny_model import build_tiny_model
 
 # The tiny model: seed and weight scale chosen so that p**4 and temperature-1/4 sampling differ a lot
@@ -28,6 +30,10 @@ TINY_PROMPT = (0, 1)  # "a b"
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("models") / TINY_MODEL_NAME
     return build_tiny_model(out, seed=TINY_SEED, weight_scale=TINY_WEIGHT_SCALE)
+
+
+def tiny_engine_args(model_dir: Path) -> list[str]:
+    return ["--model", str(model_dir), "--max-model-len", "64", "--kv-cache-gib", "1"]
 
 
 def start_service(
@@ -46,6 +52,23 @@ def start_service(
 
 
 @pytest.fixture(scope="session")
+def tiny_adapter(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> Path:
+    """A LoRA adapter for the tiny model, so that its service has a -distilled route: a few steps
+    on answers p**4 favours (the distillation pipeline itself is tested in tests/distill)."""
+    work = tmp_path_factory.mktemp("adapter")
+    teacher = work / "teacher.jsonl"
+    answers = [(1, 2, 0), (2, 1, 3)] * 8
+    teacher.write_text(
+        "".join(
+            json.dumps({"prompt_ids": list(TINY_PROMPT), "token_ids": list(a)}) + "\n" for a in answers
+        )
+    )
+    config = TrainConfig(rank=8, max_steps=10, learning_rate=1e-2, batch_size=8)
+    train_adapter(tiny_model_dir, teacher, work / "adapter", config)
+    return work / "adapter"
+
+
+@pytest.fixture(scope="session")
 def redis_server() -> Iterator[RedisProcess]:
     server = RedisProcess().start()
     yield server
@@ -54,20 +77,16 @@ def redis_server() -> Iterator[RedisProcess]:
 
 @pytest.fixture(scope="session")
 def tiny_service(
-    tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path, redis_server: RedisProcess
+    tmp_path_factory: pytest.TempPathFactory,
+    tiny_model_dir: Path,
+    tiny_adapter: Path,
+    redis_server: RedisProcess,
 ) -> Iterator[ServiceProcess]:
-    """The tiny model, with Redis as its response cache (the default service keeps the LRU)."""
-    args = [
-        "--model",
-        str(tiny_model_dir),
-        "--max-model-len",
-        "64",
-        "--kv-cache-gib",
-        "1",
-        "--max-n",
-        "512",
-    ]
-    service = start_service(tmp_path_factory, "tiny", args, env={"REDIS_URL": redis_server.url})
+    """The tiny model with its three routes, and Redis as its response cache (the default service
+    keeps the in-process LRU)."""
+    args = [*tiny_engine_args(tiny_model_dir), "--distilled-adapter", str(tiny_adapter)]
+    env = {"REDIS_URL": redis_server.url}
+    service = start_service(tmp_path_factory, "tiny", [*args, "--max-n", "512"], env=env)
     yield service
     service.stop()
 

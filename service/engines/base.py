@@ -18,6 +18,7 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 
 __all__ = [
+    "DISTILLED_ADAPTER",
     "Engine",
     "EngineInfo",
     "Generated",
@@ -25,6 +26,10 @@ __all__ = [
     "derive_seed",
     "new_request_id",
 ]
+
+
+# The name under which engines serve the power-self-distilled LoRA adapter (the -distilled route).
+DISTILLED_ADAPTER = "distilled"
 
 
 def new_request_id(prefix: str = "gen") -> str:
@@ -125,11 +130,14 @@ class Engine(abc.ABC):
         *,
         request_id: str | None = None,
         stream: bool = False,
+        affinity: str | None = None,
     ) -> AsyncIterator[Generated]:
         """Sample one sequence after ``prompt_ids``.
 
         With ``stream`` each item is an increment as tokens arrive; otherwise a single item holds
         the whole sequence. Cancelling the iterating task aborts the request in the engine.
+        Requests with the same ``affinity`` (an MCMC chain's steps, which share prefixes) go to the
+        same place where an engine has several, so that its prefix cache serves them.
         Raises ``EngineUnavailableError`` when the engine cannot serve, ``EngineError`` when this
         request failed.
         """
@@ -157,9 +165,10 @@ class Engine(abc.ABC):
         options: SamplingOptions,
         *,
         request_id: str | None = None,
+        affinity: str | None = None,
     ) -> Generated:
         """Generate one whole sequence."""
         result = Generated()
-        async for part in self.generate(prompt_ids, options, request_id=request_id):
+        async for part in self.generate(prompt_ids, options, request_id=request_id, affinity=affinity):
             result.extend(part)
         return result

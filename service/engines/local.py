@@ -18,8 +18,9 @@ from typing import Any
 
 from service.engines.base import Engine, EngineInfo, Generated, SamplingOptions, new_request_id
 from service.errors import EngineError, EngineUnavailableError, InvalidRequestError
+from service.model_store import eos_token_ids
 
-__all__ = ["LocalEngine", "vllm_environment"]
+__all__ = ["LocalEngine", "adapter_lora_settings", "vllm_environment"]
 
 logger = logging.getLogger(__name__)
 
@@ -84,7 +85,7 @@ class LocalEngine(Engine):
             self._engine_kwargs.update(
                 enable_lora=True,
                 max_loras=len(self.adapters),
-                max_lora_rank=max(_lora_rank(path) for path in self.adapters.values()),
+                **adapter_lora_settings(list(self.adapters.values())),
             )
         self._kv_cache_gib = kv_cache_gib
         self._llm: Any = None  # vllm AsyncLLM, imported lazily: only engines/ touches vLLM
@@ -117,7 +118,7 @@ class LocalEngine(Engine):
             model_id=self._model_id,
             max_model_len=model_config.max_model_len,
             vocab_size=model_config.get_vocab_size(),
-            eos_token_ids=_eos_token_ids(self.model_dir, self._llm),
+            eos_token_ids=eos_token_ids(self.model_dir, self._llm.get_tokenizer().eos_token_id),
             adapters=tuple(self.adapters),
         )
         logger.info(
@@ -156,6 +157,7 @@ class LocalEngine(Engine):
         *,
         request_id: str | None = None,
         stream: bool = False,
+        affinity: str | None = None,  # one engine: every request shares its prefix cache
     ) -> AsyncIterator[Generated]:
         from vllm import SamplingParams, TokensPrompt
         from vllm.sampling_params import RequestOutputKind
@@ -262,19 +264,14 @@ def _to_generated(completion: Any, *, with_top: bool) -> Generated:
     )
 
 
-def _eos_token_ids(model_dir: Path, llm: Any) -> frozenset[int]:
-    """The tokens vLLM ends a sequence on: the tokenizer's EOS and generation_config's."""
-    ids: set[int] = set()
-    eos = llm.get_tokenizer().eos_token_id
-    if eos is not None:
-        ids.add(int(eos))
-    config_path = model_dir / "generation_config.json"
-    if config_path.exists():
-        value = json.loads(config_path.read_text()).get("eos_token_id")
-        ids.update(int(v) for v in (value if isinstance(value, list) else [value]) if v is not None)
-    return frozenset(ids)
-
-
-def _lora_rank(adapter_dir: Path) -> int:
-    config = json.loads((Path(adapter_dir) / "adapter_config.json").read_text())
-    return int(config.get("r", 8))
+def adapter_lora_settings(adapter_dirs: list[Path]) -> dict[str, Any]:
+    """vLLM's LoRA settings for serving these peft adapters."""
+    configs = [json.loads((Path(d) / "adapter_config.json").read_text()) for d in adapter_dirs]
+    rank = max(int(c.get("r", 8)) for c in configs)
+    return {
+        # vLLM sizes LoRA buffers for a fixed set of ranks: the smallest one that fits.
+        "max_lora_rank": next(r for r in (8, 16, 32, 64, 128, 256, 320, 512) if r >= rank),
+        # Wrap only the layers the adapters train. Without this vLLM also wraps the lm_head, whose
+        # LoRA path breaks prompt log-probs (the self-reward's scoring pass) on CPU.
+        "lora_target_modules": sorted({m for c in configs for m in c["target_modules"]}),
+    }

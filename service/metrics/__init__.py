@@ -13,6 +13,12 @@ from service.metrics.registry import (
     SELF_REWARD,
     TIME_TO_FIRST_TOKEN,
     TOKENS,
+    WORKER_FAILURES,
+    WORKER_IN_FLIGHT,
+    WORKER_PREFIX_CACHE_HIT_RATIO,
+    WORKER_REQUESTS,
+    WORKER_UP,
+    prime,
     render_latest,
 )
 
@@ -29,5 +35,11 @@ __all__ = [
     "SELF_REWARD",
     "TIME_TO_FIRST_TOKEN",
     "TOKENS",
+    "WORKER_FAILURES",
+    "WORKER_IN_FLIGHT",
+    "WORKER_PREFIX_CACHE_HIT_RATIO",
+    "WORKER_REQUESTS",
+    "WORKER_UP",
+    "prime",
     "render_latest",
 ]

@@ -7,8 +7,17 @@ low-cardinality: ``route`` (plain, power, distilled), ``model`` (the served mode
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from prometheus_client import REGISTRY as DEFAULT_REGISTRY
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    disable_created_metrics,
+    generate_latest,
+)
 
 __all__ = [
     "CACHE_ERRORS",
@@ -23,8 +32,17 @@ __all__ = [
     "SELF_REWARD",
     "TIME_TO_FIRST_TOKEN",
     "TOKENS",
+    "WORKER_FAILURES",
+    "WORKER_IN_FLIGHT",
+    "WORKER_PREFIX_CACHE_HIT_RATIO",
+    "WORKER_REQUESTS",
+    "WORKER_UP",
+    "prime",
     "render_latest",
 ]
+
+# No `_created` series: timestamps nobody graphs, doubling every counter's lines.
+disable_created_metrics()
 
 REGISTRY = CollectorRegistry()
 
@@ -95,11 +113,57 @@ CACHE_ERRORS = Counter(
     ["operation"],
     registry=REGISTRY,
 )
+WORKER_UP = Gauge(
+    "powerserve_worker_up",
+    "1 while a remote vLLM worker passes its health checks, else 0.",
+    ["worker"],
+    registry=REGISTRY,
+)
+WORKER_IN_FLIGHT = Gauge(
+    "powerserve_worker_requests_in_flight",
+    "Engine requests the gateway has in flight on each remote worker (its load).",
+    ["worker"],
+    registry=REGISTRY,
+)
+WORKER_REQUESTS = Counter(
+    "powerserve_worker_requests_total",
+    "Engine requests sent to each remote worker.",
+    ["worker"],
+    registry=REGISTRY,
+)
+WORKER_FAILURES = Counter(
+    "powerserve_worker_failures_total",
+    "Times a remote worker was found down (failed request or health check); its work moved on.",
+    ["worker"],
+    registry=REGISTRY,
+)
+WORKER_PREFIX_CACHE_HIT_RATIO = Gauge(
+    "powerserve_worker_prefix_cache_hit_ratio",
+    "Share of prompt tokens each remote worker served from its prefix cache (vLLM's counters).",
+    ["worker"],
+    registry=REGISTRY,
+)
 ENGINE_REQUESTS = Gauge(
     "powerserve_engine_requests",
     "Requests the engine holds now, queued or running (every MCMC proposal is one).",
     registry=REGISTRY,
 )
+
+
+def prime(routes: Sequence[str], workers: Sequence[str] = ()) -> None:
+    """Create every known label combination at 0, so that dashboards show zero, not "no data",
+    for what has not happened yet (no cache error, no failed worker)."""
+    for route in routes:
+        REQUESTS_IN_FLIGHT.labels(route)
+        for kind in ("prompt", "returned", "generated"):
+            TOKENS.labels(route, kind)
+        for result in ("hit", "miss", "bypass"):
+            CACHE_LOOKUPS.labels(route, result)
+    for operation in ("get", "set"):
+        CACHE_ERRORS.labels(operation)
+    for worker in workers:
+        for metric in (WORKER_UP, WORKER_IN_FLIGHT, WORKER_REQUESTS, WORKER_FAILURES):
+            metric.labels(worker)
 
 
 def render_latest() -> bytes:

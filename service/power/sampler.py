@@ -35,6 +35,7 @@ engine batches them; a cut at m reuses the engine's prefix cache for x + y_<m.
 from __future__ import annotations
 
 import math
+import uuid
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 
@@ -141,6 +142,8 @@ class PowerSampler:
         lag nothing is final until the chain ends, because any step may cut anywhere.
         """
         rng = np.random.default_rng(None if config.seed is None else [config.seed, chain])
+        # Every step of this chain goes to the same engine worker, whose prefix cache holds its prefix.
+        affinity = uuid.uuid4().hex
         stats = ChainStats()
         answer = _Answer()
         frozen = 0
@@ -161,7 +164,7 @@ class PowerSampler:
             # 1. Grow: an answer that has not ended reaches the new horizon.
             if not answer.ended and len(answer) < horizon:
                 growth = await self._propose(
-                    prompt_ids, answer, horizon, config, seed=(chain, block, "grow")
+                    prompt_ids, answer, horizon, config, seed=(chain, block, "grow"), affinity=affinity
                 )
                 stats.tokens_generated += len(growth)
                 answer = answer.extended(growth)
@@ -174,7 +177,12 @@ class PowerSampler:
                 cut = frozen + int(rng.integers(len(answer) - frozen))
                 # b. propose a new suffix from the cut to EOS or the horizon
                 suffix = await self._propose(
-                    prompt_ids, answer.prefix(cut), horizon, config, seed=(chain, block, step)
+                    prompt_ids,
+                    answer.prefix(cut),
+                    horizon,
+                    config,
+                    seed=(chain, block, step),
+                    affinity=affinity,
                 )
                 candidate = answer.prefix(cut).extended(suffix)
                 stats.proposals += 1
@@ -216,6 +224,7 @@ class PowerSampler:
         config: PowerConfig,
         *,
         seed: tuple[int | str, ...],
+        affinity: str,
     ) -> _Answer:
         """Draw a suffix from q after ``prompt + prefix``, until EOS or ``horizon`` tokens in all."""
         info = self.engine.info
@@ -228,7 +237,7 @@ class PowerSampler:
             seed=None if config.seed is None else derive_seed(config.seed, *seed),
             detokenize=False,
         )
-        out = await self.engine.complete([*prompt_ids, *prefix.token_ids], options)
+        out = await self.engine.complete([*prompt_ids, *prefix.token_ids], options, affinity=affinity)
         if math.isinf(config.alpha):
             zetas = bounds = [0.0] * len(out.token_ids)
         else:

@@ -9,16 +9,12 @@ import httpx
 import psutil
 import pytest
 
-from tests.conftest import TINY_MODEL_NAME, start_service
+from tests.conftest import TINY_MODEL_NAME, start_service, tiny_engine_args
 
 
 @pytest.fixture(scope="module")
 def doomed_service(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path):
-    service = start_service(
-        tmp_path_factory,
-        "doomed",
-        ["--model", str(tiny_model_dir), "--max-model-len", "64", "--kv-cache-gib", "1"],
-    )
+    service = start_service(tmp_path_factory, "doomed", tiny_engine_args(tiny_model_dir))
     yield service
     service.stop()
 

@@ -118,3 +118,4 @@ def test_unknown_path_is_an_openai_404(tiny_service) -> None:
 
 def test_service_still_healthy_after_the_errors(tiny_service) -> None:
     assert httpx.get(f"{tiny_service.url}/health", timeout=30).status_code == 200
+    assert httpx.get(f"{tiny_service.url}/live", timeout=30).json() == {"status": "alive"}

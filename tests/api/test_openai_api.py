@@ -17,10 +17,15 @@ MODEL = TINY_MODEL_NAME
 UNCACHED = {"cache": {"no-cache": True, "no-store": True}}
 
 
-def test_models_lists_plain_and_power_routes(tiny_client: openai.OpenAI) -> None:
+def test_models_lists_every_route(tiny_client: openai.OpenAI) -> None:
     ids = [model.id for model in tiny_client.models.list().data]
-    assert ids == [MODEL, f"{MODEL}-power"]  # no adapter configured: no distilled route
-    assert tiny_client.models.retrieve(f"{MODEL}-power").id == f"{MODEL}-power"
+    assert ids == [MODEL, f"{MODEL}-power", f"{MODEL}-distilled"]
+    card = tiny_client.models.retrieve(f"{MODEL}-power")
+    assert (card.id, card.model_extra["route"], card.model_extra["root"]) == (
+        f"{MODEL}-power",
+        "power",
+        MODEL,
+    )
 
 
 def test_completion_text_usage_and_finish_reason(tiny_client: openai.OpenAI) -> None:

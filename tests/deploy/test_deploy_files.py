@@ -380,12 +380,15 @@ def test_containers_have_probes_and_resources() -> None:
 
 def test_model_servers_probe_health_and_allow_a_slow_start() -> None:
     """vLLM takes minutes to load on a fresh GPU node: without a startup probe the liveness probe
-    would restart it in a loop."""
+    would restart it in a loop. The gateway's liveness is /live: its /health is 503 while no worker is
+    healthy, which a restart of the gateway would not cure."""
+    liveness = {"powerserve-gateway": "/live", "powerserve-worker": "/health"}
     for pod_name in ("powerserve-gateway", "powerserve-worker"):
         template = dict(pod_specs())[pod_name]
         container = template["spec"]["containers"][0]
-        for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        for probe in ("startupProbe", "readinessProbe"):
             assert container[probe]["httpGet"]["path"] == "/health", f"{pod_name} {probe}"
+        assert container["livenessProbe"]["httpGet"]["path"] == liveness[pod_name]
         startup = container["startupProbe"]
         assert startup["periodSeconds"] * startup["failureThreshold"] >= 600, pod_name
 

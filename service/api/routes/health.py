@@ -9,6 +9,12 @@ from service.errors import EngineUnavailableError
 router = APIRouter(tags=["health"])
 
 
+@router.get("/live")
+async def live() -> dict[str, str]:
+    """The process serves HTTP (a liveness probe); /health says whether it can serve completions."""
+    return {"status": "alive"}
+
+
 @router.get("/health")
 async def health(request: Request) -> dict[str, str]:
     engine = request.app.state.engine

@@ -1,0 +1,154 @@
+"""``powerserve distill ...``: the pipeline's stages as commands (each also a pydantic-settings model,
+so the engine's settings apply: --model, --max-model-len, ...).
+
+    powerserve distill generate --limit 192     teacher answers   -> runs/distill/teacher.jsonl
+    powerserve distill train                    LoRA fine-tuning  -> runs/distill/adapter/
+    powerserve distill eval --adapter DIR       held-out comparison -> runs/distill/eval/
+    powerserve distill all                      the three in a row
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, CliApp, CliSubCommand
+
+from service.config import Settings
+from service.distill.data import DEFAULT_PROMPTS, read_prompts
+from service.distill.evaluate import evaluate, summarise, write_report
+from service.distill.teacher import PowerParams, generate_teacher, pending
+from service.distill.train import TrainConfig, train_adapter
+from service.runtime import resolve_model_dir, running_services
+
+__all__ = ["Distill"]
+
+logger = logging.getLogger(__name__)
+
+RUNS = Path("runs") / "distill"
+
+
+class _Stage(Settings):
+    prompts: Path = Field(DEFAULT_PROMPTS, description="Prompt set (JSONL).")
+    limit: int | None = Field(None, ge=1, description="Use only the first N prompts of the split.")
+    alpha: float = Field(4.0, ge=1, description="Power of the teacher (and of the eval's power route).")
+    answer_tokens: int = Field(64, ge=1, description="max_tokens of every answer.")
+    block_size: int = Field(16, ge=1, description="Power route block size.")
+    mcmc_steps: int = Field(4, ge=0, description="Power route MH steps per block.")
+    concurrency: int = Field(8, ge=1, description="Prompts in flight at once (the engine batches them).")
+    seed: int = 0
+
+    @property
+    def power(self) -> PowerParams:
+        return PowerParams(
+            alpha=self.alpha,
+            max_tokens=self.answer_tokens,
+            block_size=self.block_size,
+            mcmc_steps=self.mcmc_steps,
+        )
+
+
+class Generate(_Stage):
+    """Stage 1: teacher answers from the power route (resumable)."""
+
+    split: str = "train"
+    teacher: Path = Field(RUNS / "teacher.jsonl", description="Output JSONL (appended to, resumable).")
+
+    def cli_cmd(self) -> None:
+        asyncio.run(self.generate_answers())
+
+    async def generate_answers(self) -> None:
+        items = read_prompts(self.prompts, self.split, self.limit)
+        if not pending(items, self.teacher):
+            logger.info("%s already answers every prompt", self.teacher)
+            return
+        async with running_services(self) as services:
+            written = await generate_teacher(
+                services,
+                items,
+                self.teacher,
+                power=self.power,
+                concurrency=self.concurrency,
+                seed=self.seed,
+            )
+        logger.info("%d teacher answers written to %s", written, self.teacher)
+
+
+class Train(Settings):
+    """Stage 2: LoRA fine-tuning of the base model on the teacher answers."""
+
+    teacher: Path = RUNS / "teacher.jsonl"
+    adapter: Path = Field(RUNS / "adapter", description="Output adapter directory.")
+    rank: int = 8
+    epochs: int = 3
+    learning_rate: float = 3e-4
+    batch_size: int = 8
+    max_steps: int | None = None
+    train_seed: int = 0
+
+    def cli_cmd(self) -> None:
+        self.train_adapter()
+
+    def train_adapter(self) -> None:
+        config = TrainConfig(
+            rank=self.rank,
+            lora_alpha=2 * self.rank,
+            epochs=self.epochs,
+            learning_rate=self.learning_rate,
+            batch_size=self.batch_size,
+            max_steps=self.max_steps,
+            seed=self.train_seed,
+        )
+        train_adapter(resolve_model_dir(self), self.teacher, self.adapter, config)
+
+
+class Eval(_Stage):
+    """Stage 3: base vs power vs distilled on the held-out prompts."""
+
+    split: str = "heldout"
+    adapter: Path = Field(RUNS / "adapter", description="The distilled adapter to evaluate.")
+    report: Path = Field(RUNS / "eval", description="Output directory: eval.json, eval.md, eval.png.")
+
+    def cli_cmd(self) -> None:
+        asyncio.run(self.evaluate_routes())
+
+    async def evaluate_routes(self) -> None:
+        items = read_prompts(self.prompts, self.split, self.limit)
+        settings = self.model_copy(update={"distilled_adapter": self.adapter})
+        async with running_services(settings) as services:
+            records = await evaluate(
+                services, items, power=self.power, concurrency=self.concurrency, seed=self.seed + 1
+            )
+        summary = summarise(records)
+        meta = {
+            "prompts": len(items),
+            "prompt_file": str(self.prompts),
+            "adapter": str(self.adapter),
+            "power": f"alpha {self.alpha:g}, {self.mcmc_steps} MH steps, blocks of {self.block_size}, "
+            f"max_tokens {self.answer_tokens}",
+        }
+        write_report(self.report, summary, records, meta)
+        print((self.report / "eval.md").read_text())  # noqa: T201 - the command's output
+
+
+class All(Generate, Eval, Train):
+    """generate, train and eval in a row."""
+
+    def cli_cmd(self) -> None:
+        asyncio.run(self.generate_answers())
+        self.train_adapter()
+        asyncio.run(self.evaluate_routes())
+
+
+class Distill(BaseSettings, cli_kebab_case=True):
+    """Power self-distillation pipeline."""
+
+    generate: CliSubCommand[Generate] = Field(description="teacher answers from the power route")
+    train: CliSubCommand[Train] = Field(description="LoRA fine-tuning on the teacher answers")
+    eval: CliSubCommand[Eval] = Field(description="base vs power vs distilled on held-out prompts")
+    all: CliSubCommand[All] = Field(description="generate, train and eval in a row")
+
+    def cli_cmd(self) -> None:
+        CliApp.run_subcommand(self)

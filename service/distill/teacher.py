@@ -1,0 +1,146 @@
+"""Stage 1, ``generate``: teacher answers from the power route, as JSONL.
+
+Prompts run through the service's own router (the same defaults, reports and self-reward as the
+API), several at once so that the engine batches their chains. Each finished answer is appended and
+flushed; a rerun skips the prompts already answered, so an interrupted run continues where it stopped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from service.distill.data import PromptItem, append_jsonl, read_jsonl
+from service.generation import GenerationRequest
+from service.prompts import PromptRenderer
+from service.runtime import Services
+
+__all__ = ["PowerParams", "answer", "generate_teacher", "pending", "prompt_ids", "run_bounded"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class PowerParams:
+    """Power-route settings of the teacher (and of the evaluation's power route)."""
+
+    alpha: float = 4.0
+    max_tokens: int = 64
+    block_size: int = 16
+    mcmc_steps: int = 4
+
+
+def prompt_ids(renderer: PromptRenderer, item: PromptItem) -> list[int]:
+    if item.messages is not None:
+        return renderer.encode_chat(item.messages)
+    if isinstance(item.prompt, str):
+        return renderer.encode_text(item.prompt)
+    if item.prompt is None:
+        raise ValueError(f"prompt {item.id} has neither messages nor prompt")
+    return list(item.prompt)
+
+
+async def answer(
+    services: Services,
+    model_id: str,
+    item: PromptItem,
+    *,
+    max_tokens: int,
+    temperature: float,
+    seed: int,
+    power: PowerParams | None = None,
+) -> dict[str, Any]:
+    """One answer on one route, as a JSON record with its cost, self-reward and latency."""
+    ids = prompt_ids(services.renderer, item)
+    request = GenerationRequest(
+        prompts=(tuple(ids),),
+        max_tokens=max_tokens,
+        temperature=temperature,
+        seed=seed,
+        mcmc_steps=power.mcmc_steps if power else None,
+        block_size=power.block_size if power else None,
+    )
+    began = time.monotonic()
+    result = await services.router.generate(services.router.choose(model_id), request)
+    choice = result.choices[0]
+    return item.to_json() | {
+        "route": model_id,
+        "prompt_ids": ids,
+        "completion": choice.text,
+        "token_ids": choice.token_ids,
+        "finish_reason": choice.finish_reason,
+        "self_reward": choice.self_reward,
+        "tokens_generated": (result.report or {}).get("tokens_generated", len(choice.token_ids)),
+        "power": result.report,
+        "latency_s": time.monotonic() - began,
+    }
+
+
+async def run_bounded(
+    jobs: Sequence[Callable[[], Awaitable[dict[str, Any]]]],
+    *,
+    concurrency: int,
+    on_done: Callable[[dict[str, Any]], None],
+    description: str,
+) -> None:
+    """Run ``jobs`` at most ``concurrency`` at a time, with a progress bar, handing each result on."""
+    gate = asyncio.Semaphore(concurrency)
+    with tqdm(total=len(jobs), desc=description, unit="prompt") as progress:
+
+        async def run(job: Callable[[], Awaitable[dict[str, Any]]]) -> None:
+            async with gate:
+                record = await job()
+            on_done(record)
+            progress.update()
+
+        await asyncio.gather(*(run(job) for job in jobs))
+
+
+def pending(items: Sequence[PromptItem], out: Path) -> list[PromptItem]:
+    """The items ``out`` does not answer yet."""
+    done = {record["id"] for record in read_jsonl(out)} if out.exists() else set()
+    return [item for item in items if item.id not in done]
+
+
+async def generate_teacher(
+    services: Services,
+    items: Sequence[PromptItem],
+    out: Path,
+    *,
+    power: PowerParams,
+    concurrency: int = 8,
+    seed: int = 0,
+) -> int:
+    """Append teacher answers for ``items`` not yet in ``out``; return how many were written."""
+    todo = pending(items, out)
+    if len(todo) < len(items):
+        logger.info("%s: %d answers already there, %d to go", out, len(items) - len(todo), len(todo))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    model_id = services.engine.info.model_id + "-power"
+    index = {item.id: i for i, item in enumerate(items)}
+
+    def job(item: PromptItem) -> Callable[[], Awaitable[dict[str, Any]]]:
+        return lambda: answer(
+            services,
+            model_id,
+            item,
+            max_tokens=power.max_tokens,
+            temperature=1.0 / power.alpha,
+            seed=seed * 1_000_003 + index[item.id],  # reproducible, and the same on resume
+            power=power,
+        )
+
+    await run_bounded(
+        [job(item) for item in todo],
+        concurrency=concurrency,
+        on_done=lambda record: append_jsonl(out, record),
+        description="teacher answers",
+    )
+    return len(todo)
