@@ -10,8 +10,14 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(DEVICE)
 CONSTRAINTS := $(wildcard constraints/$(DEVICE).txt)
 PYTEST_ARGS ?=
+# locust and guidellm live in an environment of their own: their click, multidict and gevent clash
+# with vLLM's.
+LOAD_VENV := .venv-load
+LOAD_STAMP := $(LOAD_VENV)/.installed
+LOAD_ARGS ?= --users 8 --seconds 60
+SWEEP_ARGS ?=
 
-.PHONY: all install model serve test lint bench bench-serving stack load system-deps clean
+.PHONY: all install model serve test lint bench bench-serving bench-remote stack load load-venv load-sweep system-deps clean
 
 all: serve
 
@@ -43,7 +49,7 @@ system-deps:
 		DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends redis-server prometheus; \
 	fi
 
-test: $(STAMP) system-deps
+test: $(STAMP) $(LOAD_STAMP) system-deps
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: $(STAMP)
@@ -58,9 +64,29 @@ bench: $(STAMP) model
 bench-serving: $(STAMP) model system-deps
 	$(BIN)/python -m loadtests.bench_serving
 
+bench-remote: $(STAMP) model
+	$(BIN)/python -m loadtests.bench_remote
+
+$(LOAD_STAMP): loadtests/requirements-load.txt
+	test -x $(LOAD_VENV)/bin/python || $(PYTHON) -m venv $(LOAD_VENV)
+	$(LOAD_VENV)/bin/pip install --quiet --upgrade pip==26.3
+	$(LOAD_VENV)/bin/pip install --quiet -r loadtests/requirements-load.txt
+	touch $@
+
+load-venv: $(LOAD_STAMP)
+
+# Locust traffic mix against URL (e.g. URL=http://127.0.0.1:8000 with `make stack`), or against a
+# service it starts on the default model: loadtests/results/load.{json,png}.
+load: $(STAMP) $(LOAD_STAMP) model
+	$(BIN)/python -m loadtests.run_load $(if $(URL),--url $(URL)) $(LOAD_ARGS)
+
+# guidellm sweep, a vLLM worker alone vs behind the gateway: loadtests/results/guidellm.{json,png}.
+load-sweep: $(STAMP) $(LOAD_STAMP) model
+	$(BIN)/python -m loadtests.guidellm_sweep $(SWEEP_ARGS)
+
 # The scale-out topology as local processes: Redis, two vLLM workers, the gateway, Prometheus.
 stack: $(STAMP) model system-deps
 	$(BIN)/python -m loadtests.stack
 
 clean:
-	rm -rf $(VENV) *.egg-info .pytest_cache .ruff_cache .mypy_cache
+	rm -rf $(VENV) $(LOAD_VENV) *.egg-info .pytest_cache .ruff_cache .mypy_cache

@@ -139,6 +139,8 @@ def _plot(summary: dict[str, Any], path: Path) -> None:
         axis.scatter([x], [y], s=80, color=colours.get(route), label=route, zorder=3)
         axis.annotate(route, (x, y), textcoords="offset points", xytext=(8, 4))
     axis.set_xscale("log", base=2)
+    costs = [row["cost_per_returned_token"] for row in summary["routes"].values()]
+    axis.set_xlim(min(costs) / 1.5, max(costs) * 2)  # room for the labels
     axis.set_xlabel("tokens generated per returned token (cost, log scale)")
     axis.set_ylabel("self-reward: mean log p per token (base model)")
     axis.set_title("power vs distilled vs plain sampling")

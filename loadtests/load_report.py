@@ -1,0 +1,122 @@
+"""The load tests' common result: one summary per route, as JSON and as a PNG comparing the routes.
+
+Both runners reduce their raw results to this shape: run_load.py (locust traffic mixes, one entry per
+kind of request) and guidellm_sweep.py (guidellm rate sweeps, one entry per target and rate). Times
+are in seconds; token rates count the tokens the engine generated (on the power route, every chain's
+proposals: ``power.tokens_generated``), and ``completion_tokens_per_s`` those returned to clients.
+
+    {"tool": "locust", "settings": {...}, "window_s": 60.2,
+     "routes": {"plain": {"requests": 212, "errors": 0,
+                          "latency_s": {"p50": 0.41, "p95": 0.93, "p99": 1.2},
+                          "ttft_s": null, "itl_s": null,
+                          "requests_per_s": 3.5, "generated_tokens_per_s": 52.1,
+                          "completion_tokens_per_s": 52.1, "cache_hits": 0}, ...}}
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = ["RouteSummary", "output_path", "percentiles", "plot_routes", "table", "write_report"]
+
+
+def output_path(out: Path, suffix: str) -> Path:
+    """A result file of the run whose prefix is ``out``: ``output_path(Path("r/load"), ".json")``."""
+    return out.parent / f"{out.name}{suffix}"
+
+
+def percentiles(values: list[float], *ranks: int) -> dict[str, float] | None:
+    """``{"p50": .., "p95": ..}`` of ``values``; None when there are none."""
+    if not values:
+        return None
+    return {f"p{rank}": float(np.percentile(values, rank)) for rank in ranks}
+
+
+@dataclass
+class RouteSummary:
+    requests: int  # completed without error
+    errors: int
+    latency_s: dict[str, float] | None  # p50, p95, p99 of the whole request
+    ttft_s: dict[str, float] | None  # p50, p95 of the time to first token (streams only)
+    itl_s: dict[str, float] | None  # p50, p95 of the gaps between streamed chunks
+    requests_per_s: float
+    generated_tokens_per_s: float
+    completion_tokens_per_s: float
+    cache_hits: int | None = None  # x-powerserve-cache: hit (None where unknown)
+
+
+def write_report(out: Path, report: dict[str, Any], routes: dict[str, RouteSummary]) -> Path:
+    """``<out>.json`` and ``<out>.png``; returns the JSON's path."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    path = output_path(out, ".json")
+    report = report | {"routes": {name: asdict(summary) for name, summary in routes.items()}}
+    path.write_text(json.dumps(report, indent=2))
+    plot_routes(routes, output_path(out, ".png"), title=report.get("title", ""))
+    return path
+
+
+def table(routes: dict[str, RouteSummary]) -> str:
+    def ms(stats: dict[str, float] | None, rank: str) -> str:
+        return f"{stats[rank] * 1000:.0f}" if stats else "-"
+
+    rows = ["| route | ok | errors | p50 / p95 / p99 ms | TTFT p50 / p95 ms | ITL p50 / p95 ms "
+            "| req/s | generated tok/s | cache hits |", "|---" * 9 + "|"]  # fmt: skip
+    for name, r in routes.items():
+        latency = " / ".join(ms(r.latency_s, k) for k in ("p50", "p95", "p99"))
+        ttft = " / ".join(ms(r.ttft_s, k) for k in ("p50", "p95"))
+        itl = " / ".join(ms(r.itl_s, k) for k in ("p50", "p95"))
+        hits = "-" if r.cache_hits is None else str(r.cache_hits)
+        rows.append(
+            f"| {name} | {r.requests} | {r.errors} | {latency} | {ttft} | {itl} "
+            f"| {r.requests_per_s:.2f} | {r.generated_tokens_per_s:.1f} | {hits} |"
+        )
+    return "\n".join(rows)
+
+
+def plot_routes(routes: dict[str, RouteSummary], path: Path, *, title: str = "") -> None:
+    """Four panels: latency, streaming latencies, requests/s, tokens/s; one group of bars a route."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(routes)
+    labels = [f"{n}\n({routes[n].errors} errors)" if routes[n].errors else n for n in names]
+    x = np.arange(len(names))
+    fig, axes = plt.subplots(2, 2, figsize=(max(10, 1.6 * len(names) + 4), 8))
+
+    def bars(ax: Any, series: dict[str, list[float]], ylabel: str) -> None:
+        width = 0.8 / max(1, len(series))
+        for i, (label, values) in enumerate(series.items()):
+            ax.bar(x + (i - (len(series) - 1) / 2) * width, values, width, label=label)
+        ax.set_xticks(x, labels, rotation=20, ha="right")
+        ax.set_ylabel(ylabel)
+        ax.legend(fontsize="small")
+        ax.grid(axis="y", alpha=0.3)
+
+    def pick(field: str, rank: str) -> list[float]:
+        return [(getattr(routes[n], field) or {}).get(rank, 0.0) for n in names]
+
+    bars(axes[0][0], {f"latency {r}": pick("latency_s", r) for r in ("p50", "p95", "p99")}, "seconds")
+    axes[0][0].set_title("request latency")
+    streaming = {f"TTFT {r}": pick("ttft_s", r) for r in ("p50", "p95")}
+    streaming |= {f"ITL {r}": pick("itl_s", r) for r in ("p50", "p95")}
+    bars(axes[0][1], streaming, "seconds")
+    axes[0][1].set_title("streaming: time to first token, inter-token latency")
+    bars(axes[1][0], {"requests/s": [routes[n].requests_per_s for n in names]}, "requests/s")
+    axes[1][0].set_title("throughput (completed requests)")
+    tokens = {
+        "generated tokens/s": [routes[n].generated_tokens_per_s for n in names],
+        "returned tokens/s": [routes[n].completion_tokens_per_s for n in names],
+    }
+    bars(axes[1][1], tokens, "tokens/s")
+    axes[1][1].set_title("token throughput")
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
