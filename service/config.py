@@ -79,6 +79,12 @@ class Settings(BaseSettings):
     worker_health_interval_s: float = Field(
         2.0, gt=0, description="Seconds between worker health checks."
     )
+    worker_probe_timeout_s: float = Field(
+        5.0,
+        gt=0,
+        description="Health-probe timeout. A worker that misses two probes in a row while answering "
+        "nothing else is marked down; one that keeps answering requests is only busy.",
+    )
     worker_timeout_s: float = Field(
         60.0, gt=0, description="Worker request timeout (plus 0.5 s per requested token): a stall."
     )

@@ -31,10 +31,10 @@ from service.engines.base import DISTILLED_ADAPTER, Engine, SamplingOptions
 from service.errors import ContextLengthError, InvalidRequestError, ModelNotFoundError, TokenBudgetError
 from service.generation import Choice, ChoiceDelta, GenerationRequest, GenerationResult
 from service.metrics import (
+    ANSWER_NLL,
     CACHE_LOOKUPS,
     POWER_ACCEPTANCE_RATE,
     POWER_COST_MULTIPLIER,
-    SELF_REWARD,
     TOKENS,
 )
 from service.power import PowerConfig
@@ -348,7 +348,7 @@ def _record(route: Route, result: GenerationResult) -> None:
     TOKENS.labels(route.kind, "generated").inc(generated)
     for choice in result.choices:
         if choice.token_ids:
-            SELF_REWARD.labels(route.kind).observe(choice.self_reward["mean_logprob"])
+            ANSWER_NLL.labels(route.kind).observe(-choice.self_reward["mean_logprob"])
     if route.kind is RouteKind.POWER and result.report is not None:
         if result.report["cost_multiplier"] is not None:
             POWER_COST_MULTIPLIER.observe(result.report["cost_multiplier"])

@@ -69,6 +69,7 @@ def build_engine(settings: Settings, model_dir: Path) -> Engine:
             model_id=settings.served_model_name,
             adapters=tuple(adapters),
             health_interval_s=settings.worker_health_interval_s,
+            probe_timeout_s=settings.worker_probe_timeout_s,
             request_timeout_s=settings.worker_timeout_s,
         )
     return LocalEngine(

@@ -7,11 +7,17 @@ Routing: requests with an ``affinity`` (the steps of one MCMC chain) stick to on
 cache holds the chain's prefix; everything else, and every new chain, goes to the least-loaded healthy
 worker.
 
-Faults: an active health check polls every worker, backing off while one is down. A request that fails
-on a worker (connection lost, server error, stall) marks it down and is retried on another; a stream
-resumes from the tokens it already has, and an MCMC proposal simply re-runs from the chain's last
-accepted state, so the client's request still succeeds. With no healthy worker the engine raises
-``EngineUnavailableError`` at once (a 503 with Retry-After), never waits.
+Faults: an active health check polls every worker, backing off while one is down; it is the judge of
+health. A failed probe marks a worker down, except one that merely timed out while the worker kept
+answering requests: a saturated worker on a small machine answers its probe late yet is alive. Only a
+refused connection marks a worker down from a request. Any other failed request (connection lost,
+server error, timeout) moves to another worker; a stream resumes from the tokens it already has, and an
+MCMC proposal simply re-runs from the chain's last accepted state, so the client's request still
+succeeds. A worker marked down releases its in-flight requests at once, and they move too. With no
+healthy worker the engine raises ``EngineUnavailableError`` at once (a 503 with Retry-After).
+
+The HTTP client is aiohttp: every MCMC proposal is a request, hundreds in flight at once, and httpx's
+connection pool costs CPU that grows with the connections in use (encode/httpx#3215).
 """
 
 from __future__ import annotations
@@ -28,7 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import httpx
+import aiohttp
 
 from service.engines.base import Engine, EngineInfo, Generated, SamplingOptions
 from service.errors import EngineError, EngineUnavailableError, InvalidRequestError
@@ -49,7 +55,11 @@ _TOKEN_PREFIX = "token_id:"
 
 
 class _WorkerFailed(Exception):
-    """This worker could not serve the request; another may."""
+    """This worker could not serve the request; another may. ``refused``: nothing listens there."""
+
+    def __init__(self, reason: str, *, refused: bool = False):
+        super().__init__(reason)
+        self.refused = refused
 
 
 @dataclass(eq=False)
@@ -60,6 +70,9 @@ class WorkerState:
     max_model_len: int | None = None
     backoff_s: float = 0.0
     next_check: float = 0.0
+    # When the worker last answered anything, and how many probes in a row timed out since.
+    last_progress: float = 0.0
+    late_probes: int = 0
     # Set while the worker is down: requests waiting on it give up and go elsewhere.
     down: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -73,6 +86,8 @@ class RemoteEngine(Engine):
         model_id: str,
         adapters: Sequence[str] = (),
         health_interval_s: float = 2.0,
+        probe_timeout_s: float = 5.0,
+        stall_probes: int = 2,
         max_backoff_s: float = 30.0,
         request_timeout_s: float = 60.0,
         timeout_per_token_s: float = 0.5,
@@ -85,12 +100,14 @@ class RemoteEngine(Engine):
         self._model_id = model_id
         self._adapters = tuple(adapters)
         self._health_interval_s = health_interval_s
+        self._probe_timeout_s = probe_timeout_s
+        self._stall_probes = stall_probes
         self._max_backoff_s = max_backoff_s
         self._request_timeout_s = request_timeout_s
         self._timeout_per_token_s = timeout_per_token_s
         self._affinity: OrderedDict[str, WorkerState] = OrderedDict()
         self._affinity_slots = affinity_slots
-        self._client: httpx.AsyncClient | None = None
+        self._client: aiohttp.ClientSession | None = None
         self._monitor: asyncio.Task[None] | None = None
         for worker in self.workers:
             worker.down.set()
@@ -98,9 +115,11 @@ class RemoteEngine(Engine):
     # --- lifecycle -----------------------------------------------------------------------------
 
     async def start(self) -> None:
-        self._client = httpx.AsyncClient(
-            timeout=httpx.Timeout(self._request_timeout_s, connect=2.0),
-            limits=httpx.Limits(max_connections=4096, max_keepalive_connections=1024),
+        self._client = aiohttp.ClientSession(
+            # Idle connections expire before the workers' (uvicorn: 5 s) so none is reused as it closes.
+            connector=aiohttp.TCPConnector(limit=4096, keepalive_timeout=2.0),
+            timeout=aiohttp.ClientTimeout(sock_connect=2.0, sock_read=self._request_timeout_s),
+            read_bufsize=1 << 20,  # a streamed event is one line, whatever its top log-probs
         )
         self._monitor = asyncio.create_task(self._watch_workers())
         while not any(worker.healthy for worker in self.workers):
@@ -126,7 +145,7 @@ class RemoteEngine(Engine):
             with contextlib.suppress(asyncio.CancelledError):
                 await self._monitor
         if self._client is not None:
-            await self._client.aclose()
+            await self._client.close()
 
     async def check_health(self) -> None:
         if not any(worker.healthy for worker in self.workers):
@@ -145,24 +164,45 @@ class RemoteEngine(Engine):
             await asyncio.sleep(min(0.5, self._health_interval_s))
 
     async def _check(self, worker: WorkerState) -> None:
-        assert self._client is not None
+        probe_began = time.monotonic()
         try:
-            response = await self._client.get(f"{worker.url}/health", timeout=2.0)
-            response.raise_for_status()
+            await self._get(f"{worker.url}/health")
             if worker.max_model_len is None:
-                models = (await self._client.get(f"{worker.url}/v1/models", timeout=5.0)).json()
+                models = json.loads(await self._get(f"{worker.url}/v1/models"))
                 worker.max_model_len = int(models["data"][0]["max_model_len"])
-            await self._scrape_prefix_cache(worker)
-        except (httpx.HTTPError, KeyError, ValueError) as exc:
+        except TimeoutError as exc:
+            if worker.healthy and not self._stalled(worker, since=probe_began):
+                worker.next_check = time.monotonic() + self._health_interval_s
+                return  # late but alive: it answered requests meanwhile, or may yet
+            self._mark_down(worker, f"health check timed out: {exc!r}")
+            return
+        except (aiohttp.ClientError, KeyError, ValueError) as exc:
             self._mark_down(worker, f"health check failed: {exc!r}")
             return
         if not worker.healthy:
             logger.info("worker %s is healthy", worker.url)
         if worker.down.is_set():
             worker.down = asyncio.Event()  # a fresh, unset event for the requests to come
-        worker.healthy, worker.backoff_s = True, 0.0
+        worker.healthy, worker.backoff_s, worker.late_probes = True, 0.0, 0
         worker.next_check = time.monotonic() + self._health_interval_s
         WORKER_UP.labels(worker.url).set(1)
+        with contextlib.suppress(aiohttp.ClientError, TimeoutError, ValueError):  # a metric only
+            await self._scrape_prefix_cache(worker)
+
+    async def _get(self, url: str) -> bytes:
+        assert self._client is not None
+        timeout = aiohttp.ClientTimeout(total=self._probe_timeout_s)
+        async with self._client.get(url, timeout=timeout) as response:
+            response.raise_for_status()
+            return await response.read()
+
+    def _stalled(self, worker: WorkerState, *, since: float) -> bool:
+        """A timed-out probe counts against a worker only if nothing came back from it meanwhile."""
+        if worker.last_progress >= since:
+            worker.late_probes = 0
+            return False
+        worker.late_probes += 1
+        return worker.late_probes >= self._stall_probes
 
     def _mark_down(self, worker: WorkerState, reason: str) -> None:
         if worker.healthy:
@@ -170,7 +210,7 @@ class RemoteEngine(Engine):
                 "worker %s is down (%s); its requests move to other workers", worker.url, reason
             )
             WORKER_FAILURES.labels(worker.url).inc()
-        worker.healthy = False
+        worker.healthy, worker.late_probes = False, 0
         worker.down.set()
         # Back off: check a dead worker less and less often, up to max_backoff_s.
         worker.backoff_s = min(self._max_backoff_s, max(1.0, 2 * worker.backoff_s))
@@ -178,8 +218,7 @@ class RemoteEngine(Engine):
         WORKER_UP.labels(worker.url).set(0)
 
     async def _scrape_prefix_cache(self, worker: WorkerState) -> None:
-        assert self._client is not None
-        text = (await self._client.get(f"{worker.url}/metrics", timeout=2.0)).text
+        text = (await self._get(f"{worker.url}/metrics")).decode()
         hits = queries = 0.0
         for line in text.splitlines():
             if line.startswith("vllm:prefix_cache_hits_total"):
@@ -189,23 +228,33 @@ class RemoteEngine(Engine):
         if queries:
             WORKER_PREFIX_CACHE_HIT_RATIO.labels(worker.url).set(hits / queries)
 
+    def _failed(self, worker: WorkerState, exc: _WorkerFailed) -> None:
+        if exc.refused:
+            self._mark_down(worker, str(exc))
+        else:
+            logger.info("request moves off worker %s: %s", worker.url, exc)
+
     def _retry_after(self) -> float:
         now = time.monotonic()
         return max(1.0, min(w.next_check for w in self.workers) - now)
 
     # --- routing -------------------------------------------------------------------------------
 
-    def _pick(self, affinity: str | None) -> WorkerState:
+    def _pick(self, affinity: str | None, avoid: Sequence[WorkerState] = ()) -> WorkerState:
+        """The affinity's worker if it is healthy, else the least-loaded healthy worker, preferring
+        those this request has not failed on yet."""
         if (
             affinity is not None
             and (worker := self._affinity.get(affinity)) is not None
             and worker.healthy
+            and worker not in avoid
         ):
             self._affinity.move_to_end(affinity)
             return worker
         healthy = [w for w in self.workers if w.healthy]
         if not healthy:
             raise EngineUnavailableError("No healthy vLLM worker.", retry_after=self._retry_after())
+        healthy = [w for w in healthy if w not in avoid] or healthy
         least = min(w.in_flight for w in healthy)
         worker = random.choice([w for w in healthy if w.in_flight == least])
         if affinity is not None:
@@ -227,8 +276,9 @@ class RemoteEngine(Engine):
     ) -> AsyncIterator[Generated]:
         prompt = list(prompt_ids)
         produced = Generated()
+        failed: list[WorkerState] = []
         for _ in range(len(self.workers) + 1):
-            worker = self._pick(affinity)
+            worker = self._pick(affinity, failed)
             remaining = options.max_tokens - len(produced.token_ids)
             if remaining <= 0:
                 return
@@ -239,7 +289,8 @@ class RemoteEngine(Engine):
                     yield part
                 return
             except _WorkerFailed as exc:
-                self._mark_down(worker, str(exc))
+                self._failed(worker, exc)
+                failed.append(worker)
                 # Go on elsewhere from what we have: a stream keeps its tokens, a proposal restarts.
                 if produced.finish_reason is not None:
                     return
@@ -257,8 +308,9 @@ class RemoteEngine(Engine):
             "temperature": 0.0,
             "prompt_logprobs": 0,
         }
+        failed: list[WorkerState] = []
         for _ in range(len(self.workers) + 1):
-            worker = self._pick(None)
+            worker = self._pick(None, failed)
             try:
                 result = await self._post(worker, body, max_tokens=1)
                 rows = result["choices"][0]["prompt_logprobs"]
@@ -267,7 +319,8 @@ class RemoteEngine(Engine):
                     for t in range(max(start, 1), len(token_ids))
                 ]
             except _WorkerFailed as exc:
-                self._mark_down(worker, str(exc))
+                self._failed(worker, exc)
+                failed.append(worker)
         raise EngineUnavailableError(
             "Every vLLM worker failed this request.", retry_after=self._retry_after()
         )
@@ -307,33 +360,44 @@ class RemoteEngine(Engine):
         assert self._client is not None
         try:
             with _busy(worker):
-                async with self._client.stream(
-                    "POST", f"{worker.url}/v1/completions", json=body
-                ) as response:
+                async with self._client.post(f"{worker.url}/v1/completions", json=body) as response:
                     await _raise_for_status(response)
-                    lines = response.aiter_lines()
-                    while (line := await _until_down(worker, lines.__anext__())) is not None:
-                        if line.startswith("data: ") and line != "data: [DONE]":
-                            yield _to_generated(json.loads(line.removeprefix("data: ")))
+                    while line := await _until_down(worker, response.content.readline()):
+                        worker.last_progress = time.monotonic()
+                        event = line.decode().strip()
+                        if event.startswith("data: ") and event != "data: [DONE]":
+                            yield _to_generated(json.loads(event.removeprefix("data: ")))
                     if worker.down.is_set():
                         raise _WorkerFailed("worker went down during the stream")
-        except (httpx.TransportError, httpx.StreamError) as exc:
+        except aiohttp.ClientConnectorError as exc:
+            raise _WorkerFailed(f"connection refused: {exc!r}", refused=True) from exc
+        except (aiohttp.ClientError, TimeoutError) as exc:  # connection lost, a stalled stream
             raise _WorkerFailed(f"stream failed: {exc!r}") from exc
 
     async def _post(self, worker: WorkerState, body: dict, *, max_tokens: int) -> dict[str, Any]:
-        assert self._client is not None
         # A timeout that grows with the answer: past it the worker has stalled.
         timeout = self._request_timeout_s + self._timeout_per_token_s * max_tokens
         try:
             with _busy(worker):
-                request = self._client.post(f"{worker.url}/v1/completions", json=body, timeout=timeout)
-                response = await _until_down(worker, request)
-            if response is None:
+                result = await _until_down(worker, self._fetch(worker, body, timeout))
+            if result is None:
                 raise _WorkerFailed("worker went down during the request")
-            await _raise_for_status(response)
-            return dict(response.json())
-        except httpx.TransportError as exc:  # connection refused or lost, timeout: a stalled worker
+            worker.last_progress = time.monotonic()
+            return result
+        except aiohttp.ClientConnectorError as exc:
+            raise _WorkerFailed(f"connection refused: {exc!r}", refused=True) from exc
+        except (aiohttp.ClientError, TimeoutError) as exc:  # connection lost, a stalled worker
             raise _WorkerFailed(f"request failed: {exc!r}") from exc
+
+    async def _fetch(self, worker: WorkerState, body: dict, timeout: float) -> dict[str, Any]:
+        assert self._client is not None
+        async with self._client.post(
+            f"{worker.url}/v1/completions",
+            json=body,
+            timeout=aiohttp.ClientTimeout(total=timeout, sock_connect=2.0),
+        ) as response:
+            await _raise_for_status(response)
+            return dict(json.loads(await response.read()))
 
 
 @contextlib.contextmanager
@@ -350,8 +414,7 @@ def _busy(worker: WorkerState) -> Iterator[None]:
 
 
 async def _until_down(worker: WorkerState, awaitable: Any) -> Any:
-    """Await ``awaitable`` unless the worker is marked down first (then None); an iterator's end
-    (StopAsyncIteration) also gives None."""
+    """Await ``awaitable`` unless the worker is marked down first (then None)."""
     task = asyncio.ensure_future(awaitable)
     down = asyncio.ensure_future(worker.down.wait())
     try:
@@ -363,22 +426,18 @@ async def _until_down(worker: WorkerState, awaitable: Any) -> Any:
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await task
         return None
-    try:
-        return task.result()
-    except StopAsyncIteration:
-        return None
+    return task.result()
 
 
-async def _raise_for_status(response: httpx.Response) -> None:
-    if response.status_code < 400:
+async def _raise_for_status(response: aiohttp.ClientResponse) -> None:
+    if response.status < 400:
         return
-    await response.aread()
-    message = response.text[:500]
-    if response.status_code in (400, 404, 422):
+    message = (await response.text())[:500]
+    if response.status in (400, 404, 422):
         raise InvalidRequestError(f"The worker refused the request: {message}")
-    if response.status_code >= 500:
-        raise _WorkerFailed(f"HTTP {response.status_code}: {message}")
-    raise EngineError(f"The worker answered HTTP {response.status_code}: {message}")
+    if response.status >= 500:
+        raise _WorkerFailed(f"HTTP {response.status}: {message}")
+    raise EngineError(f"The worker answered HTTP {response.status}: {message}")
 
 
 def _token_id(key: str) -> int:

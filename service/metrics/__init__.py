@@ -1,6 +1,7 @@
 """Prometheus metrics of the service: every metric is declared in ``registry.py``."""
 
 from service.metrics.registry import (
+    ANSWER_NLL,
     CACHE_ERRORS,
     CACHE_LOOKUPS,
     ENGINE_REQUESTS,
@@ -10,7 +11,6 @@ from service.metrics.registry import (
     REQUEST_LATENCY,
     REQUESTS,
     REQUESTS_IN_FLIGHT,
-    SELF_REWARD,
     TIME_TO_FIRST_TOKEN,
     TOKENS,
     WORKER_FAILURES,
@@ -23,6 +23,7 @@ from service.metrics.registry import (
 )
 
 __all__ = [
+    "ANSWER_NLL",
     "CACHE_ERRORS",
     "CACHE_LOOKUPS",
     "ENGINE_REQUESTS",
@@ -32,7 +33,6 @@ __all__ = [
     "REQUESTS",
     "REQUESTS_IN_FLIGHT",
     "REQUEST_LATENCY",
-    "SELF_REWARD",
     "TIME_TO_FIRST_TOKEN",
     "TOKENS",
     "WORKER_FAILURES",

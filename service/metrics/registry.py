@@ -20,6 +20,7 @@ from prometheus_client import (
 )
 
 __all__ = [
+    "ANSWER_NLL",
     "CACHE_ERRORS",
     "CACHE_LOOKUPS",
     "ENGINE_REQUESTS",
@@ -29,7 +30,6 @@ __all__ = [
     "REQUESTS",
     "REQUESTS_IN_FLIGHT",
     "REQUEST_LATENCY",
-    "SELF_REWARD",
     "TIME_TO_FIRST_TOKEN",
     "TOKENS",
     "WORKER_FAILURES",
@@ -94,11 +94,13 @@ POWER_ACCEPTANCE_RATE = Histogram(
     buckets=(0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0),
     registry=REGISTRY,
 )
-SELF_REWARD = Histogram(
-    "powerserve_self_reward_mean_logprob",
-    "Mean log p per returned token under the base model (the self-reward), per answer, by route.",
+# Observed negated: a histogram's _sum must never fall, or rate() reads each fall as a counter reset.
+ANSWER_NLL = Histogram(
+    "powerserve_answer_nll_per_token",
+    "Minus the self-reward: negative mean log p per returned token under the base model, per answer, "
+    "by route (lower is likelier).",
     ["route"],
-    buckets=(-8, -6, -4, -3, -2.5, -2, -1.5, -1.25, -1, -0.75, -0.5, -0.25, -0.1, 0),
+    buckets=(0, 0.1, 0.25, 0.5, 0.75, 1, 1.25, 1.5, 2, 2.5, 3, 4, 6, 8),
     registry=REGISTRY,
 )
 CACHE_LOOKUPS = Counter(

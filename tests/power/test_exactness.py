@@ -41,9 +41,11 @@ def target(exact: ExactModel) -> dict:
     return exact.power_distribution(HORIZON, ALPHA)
 
 
-def draw(service: ServiceProcess, model: str, requests: int, **params: object) -> list[tuple[int, ...]]:
-    """Answers (token ids, EOS included) from ``requests`` concurrent requests of n=PER_REQUEST."""
-    body = {"model": model, "prompt": list(TINY_PROMPT), "max_tokens": HORIZON, "n": PER_REQUEST}
+def draw(
+    service: ServiceProcess, model: str, requests: int, n: int = PER_REQUEST, **params: object
+) -> list[tuple[int, ...]]:
+    """Answers (token ids, EOS included) from ``requests`` concurrent requests of ``n`` each."""
+    body = {"model": model, "prompt": list(TINY_PROMPT), "max_tokens": HORIZON, "n": n}
     body |= {"logprobs": 0, **params}
 
     async def run() -> list[dict]:

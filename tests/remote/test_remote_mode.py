@@ -89,9 +89,11 @@ def test_every_route_is_served_by_the_workers(stack: Stack) -> None:
 
 
 def test_power_sampling_stays_exact_in_remote_mode(stack: Stack, tiny_model_dir: Path) -> None:
+    """The sampler's output over HTTP workers follows its exact law. Fewer samples and steps than the
+    in-process test (tests/power/test_exactness.py): every proposal is an HTTP request here, and this
+    checks the transport of token ids and log-probs, not the algorithm again."""
     exact = ExactModel(tiny_model_dir, TINY_PROMPT)
-    target = exact.power_distribution(HORIZON, ALPHA)
-    steps = 20
+    steps = 10
     law = chain_law(
         exact.next_logprobs,
         eos=EOS_ID,
@@ -100,11 +102,14 @@ def test_power_sampling_stays_exact_in_remote_mode(stack: Stack, tiny_model_dir:
         block_size=BLOCK,
         mcmc_steps=steps,
     )
-    samples = draw(stack.gateway, POWER, requests=2, block_size=BLOCK, mcmc_steps=steps)
+    samples = draw(stack.gateway, POWER, requests=2, n=128, block_size=BLOCK, mcmc_steps=steps)
     found = empirical(samples)
     assert total_variation(found, law) <= tv_bound(law, len(samples))
+    # And the law is p**alpha's, not plain sampling at temperature 1/alpha: far apart at these
+    # settings (0.10 against 0.46), farther than the samples can stray from it.
+    target = exact.power_distribution(HORIZON, ALPHA)
     tempered = exact.tempered_distribution(HORIZON, 1 / ALPHA)
-    assert total_variation(found, target) < total_variation(tempered, target) / 2
+    assert total_variation(found, target) < total_variation(tempered, target)
 
 
 def test_all_steps_of_a_chain_land_on_one_worker(stack: Stack) -> None:
