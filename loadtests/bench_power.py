@@ -31,6 +31,8 @@ from service.config import DEFAULT_MODEL_NAME, Settings
 from service.model_store import ensure_default_model
 
 RESULTS = Path(__file__).parent / "results"
+# Seeds repeat from one run to the next: the service's response cache must stay out of the figures.
+UNCACHED = {"cache": {"no-cache": True, "no-store": True}}
 
 PROMPTS = [
     "Tom has 3 apples and buys 5 more. How many apples does he have?",
@@ -84,7 +86,7 @@ async def run_power(client: httpx.AsyncClient, model: str, args: argparse.Namesp
             "block_size": args.block_size,
             "mcmc_steps": args.mcmc_steps,
             "seed": seed * 1000 + i,
-        }
+        } | UNCACHED
         response = await client.post("/v1/chat/completions", json=body)
         response.raise_for_status()
         return response.json()
@@ -112,7 +114,7 @@ async def run_plain(client: httpx.AsyncClient, model: str, args: argparse.Namesp
             "messages": messages(prompt),
             "max_tokens": args.max_tokens,
             "seed": seed * 1000 + i,
-        }
+        } | UNCACHED
         response = await client.post("/v1/chat/completions", json=body)
         response.raise_for_status()
         return response.json()
@@ -155,7 +157,7 @@ async def engine_throughput(
                 "max_tokens": args.max_tokens,
                 "temperature": 1 / args.alpha,
                 "seed": i * 7919 + n,
-            }
+            } | UNCACHED
             if power:
                 body |= {"block_size": args.block_size, "mcmc_steps": args.mcmc_steps}
             (await client.post("/v1/chat/completions", json=body)).raise_for_status()

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import httpx
 
-from loadtests.bench_power import PROMPTS, messages
+from loadtests.bench_power import PROMPTS, UNCACHED, messages
 from loadtests.harness import ServiceProcess
 from service.config import DEFAULT_MODEL_NAME, Settings
 from service.model_store import ensure_default_model
@@ -29,7 +29,7 @@ RESULTS = Path(__file__).parent / "results"
 MODEL = DEFAULT_MODEL_NAME
 
 
-async def plain_load(url: str, clients: int, seconds: float, max_tokens: int) -> dict:
+async def plain_load(url: str, clients: int, seconds: float, max_tokens: int, *, gateway: bool) -> dict:
     """Closed loop: ``clients`` each send the next request as the last returns, for ``seconds``."""
     latencies: list[float] = []
     tokens = 0
@@ -41,6 +41,8 @@ async def plain_load(url: str, clients: int, seconds: float, max_tokens: int) ->
         while time.monotonic() < deadline:
             body = {"model": MODEL, "messages": messages(PROMPTS[(i + n) % len(PROMPTS)]),
                     "max_tokens": max_tokens, "temperature": 1.0, "seed": i * 7919 + n}  # fmt: skip
+            if gateway:
+                body |= UNCACHED
             began = time.monotonic()
             response = await client.post(f"{url}/v1/chat/completions", json=body)
             response.raise_for_status()
@@ -68,7 +70,7 @@ async def power_batch(url: str, prompts: int, max_tokens: int, block_size: int, 
             "block_size": block_size,
             "mcmc_steps": steps,
             "seed": 500 + i,
-        }
+        } | UNCACHED
         response = await client.post(f"{url}/v1/chat/completions", json=body)
         response.raise_for_status()
         return int(response.json()["power"]["tokens_generated"])
@@ -127,10 +129,11 @@ def main() -> None:
         two.wait_ready()
 
         overhead_runs = []
-        asyncio.run(plain_load(workers[0].url, args.clients, 5, args.max_tokens))  # warm-up
+        load = (args.clients, args.seconds, args.max_tokens)
+        asyncio.run(plain_load(workers[0].url, args.clients, 5, args.max_tokens, gateway=False))
         for repeat in range(args.repeats):
-            direct = asyncio.run(plain_load(workers[0].url, args.clients, args.seconds, args.max_tokens))
-            gateway = asyncio.run(plain_load(one.url, args.clients, args.seconds, args.max_tokens))
+            direct = asyncio.run(plain_load(workers[0].url, *load, gateway=False))
+            gateway = asyncio.run(plain_load(one.url, *load, gateway=True))
             overhead_runs.append({"direct": direct, "gateway": gateway})
             print(f"repeat {repeat}: direct {direct['tokens_per_s']:.1f} tok/s, gateway", end=" ")
             print(f"{gateway['tokens_per_s']:.1f} tok/s", flush=True)

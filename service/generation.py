@@ -7,7 +7,7 @@ knows how the other works: no HTTP here, no MCMC in the API.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 __all__ = [
@@ -59,10 +59,12 @@ class GenerationRequest:
 
     def output_fields(self) -> dict[str, Any]:
         """Everything that changes the answer: what a cache key must cover."""
-        fields = asdict(self)
-        fields.pop("cache")
-        fields.pop("prompt_param")
-        return fields
+        # Shallow: the values are immutable (tuples), and a deep asdict() of long prompts is slow.
+        return {
+            f.name: getattr(self, f.name)
+            for f in fields(self)
+            if f.name not in ("cache", "prompt_param")
+        }
 
 
 def self_reward(logprobs: list[float]) -> dict[str, float]:

@@ -6,6 +6,8 @@ token ids to every engine (local or remote), so that an MCMC chain never re-toke
 
 from __future__ import annotations
 
+import functools
+import json
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -34,15 +36,20 @@ class PromptRenderer:
             raise InvalidRequestError(
                 "This model has no chat template; use /v1/completions.", param="messages"
             )
+        # Repeated conversations (cache hits, retries, shared system prompts) skip the template.
+        return list(self._encode_chat(json.dumps(list(messages), sort_keys=True)))
+
+    @functools.lru_cache(maxsize=1024)  # noqa: B019 - one renderer per process, kept for its life
+    def _encode_chat(self, messages_json: str) -> tuple[int, ...]:
         try:
             ids = self.tokenizer.apply_chat_template(
-                list(messages), add_generation_prompt=True, tokenize=True
+                json.loads(messages_json), add_generation_prompt=True, tokenize=True
             )
         except Exception as exc:  # template errors are the caller's messages, not a crash
             raise InvalidRequestError(f"The chat template failed: {exc}", param="messages") from exc
         if isinstance(ids, dict) or hasattr(ids, "keys"):
             ids = ids["input_ids"]
-        return [int(i) for i in ids]
+        return tuple(int(i) for i in ids)
 
     def decode(self, token_ids: Sequence[int]) -> str:
         return str(self.tokenizer.decode(list(token_ids), skip_special_tokens=True))
