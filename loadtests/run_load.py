@@ -75,10 +75,8 @@ def served_model(args: argparse.Namespace) -> ServedModel:
     from service.config import DEFAULT_MODEL_NAME, Settings
     from service.model_store import ensure_default_model
 
-    directory = ensure_default_model(Settings().cache_dir)
-    return ServedModel(
-        directory, DEFAULT_MODEL_NAME, ["--model", str(directory), "--model-name", DEFAULT_MODEL_NAME]
-    )
+    # No flags: the service serves its default exactly as `make serve` does, shipped adapter included.
+    return ServedModel(ensure_default_model(Settings().cache_dir), DEFAULT_MODEL_NAME, [])
 
 
 def add_service_arguments(parser: argparse.ArgumentParser) -> Any:

@@ -134,12 +134,16 @@ class Eval(_Stage):
 
 
 class All(Generate, Eval, Train):
-    """generate, train and eval in a row."""
+    """generate, train and eval in a row: teacher answers for the train split (``--limit``), the
+    evaluation on the held-out split (``--eval-limit``)."""
+
+    eval_limit: int | None = Field(None, ge=1, description="Evaluate on the first N held-out prompts.")
 
     def cli_cmd(self) -> None:
-        asyncio.run(self.generate_answers())
+        asyncio.run(self.model_copy(update={"split": "train"}).generate_answers())
         self.train_adapter()
-        asyncio.run(self.evaluate_routes())
+        evaluation = self.model_copy(update={"split": "heldout", "limit": self.eval_limit})
+        asyncio.run(evaluation.evaluate_routes())
 
 
 class Distill(BaseSettings, cli_kebab_case=True):
