@@ -86,7 +86,10 @@ class Settings(BaseSettings):
         "nothing else is marked down; one that keeps answering requests is only busy.",
     )
     worker_timeout_s: float = Field(
-        60.0, gt=0, description="Worker request timeout (plus 0.5 s per requested token): a stall."
+        60.0,
+        gt=0,
+        description="Worker request timeout (plus 0.5 s per requested token), past which a request "
+        "moves to another worker.",
     )
 
     # --- requests ------------------------------------------------------------------------------

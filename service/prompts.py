@@ -36,7 +36,7 @@ class PromptRenderer:
             raise InvalidRequestError(
                 "This model has no chat template; use /v1/completions.", param="messages"
             )
-        # Repeated conversations (cache hits, retries, shared system prompts) skip the template.
+        # A conversation seen before (a cache hit, a retry) skips the template and the tokenizer.
         return list(self._encode_chat(json.dumps(list(messages), sort_keys=True)))
 
     @functools.lru_cache(maxsize=1024)  # noqa: B019 - one renderer per process, kept for its life

@@ -130,7 +130,7 @@ def train_adapter(model_dir: Path, teacher: Path, out: Path, config: TrainConfig
         optimizer.step()
         schedule.step()
         optimizer.zero_grad()
-        losses.append(float(loss))
+        losses.append(loss.detach().item())
 
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(str(out))

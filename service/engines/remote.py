@@ -375,7 +375,7 @@ class RemoteEngine(Engine):
             raise _WorkerFailed(f"stream failed: {exc!r}") from exc
 
     async def _post(self, worker: WorkerState, body: dict, *, max_tokens: int) -> dict[str, Any]:
-        # A timeout that grows with the answer: past it the worker has stalled.
+        # A timeout that grows with the answer: past it the request gives up on this worker.
         timeout = self._request_timeout_s + self._timeout_per_token_s * max_tokens
         try:
             with _busy(worker):
