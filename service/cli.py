@@ -61,22 +61,14 @@ class Worker(Settings):
 
     def cli_cmd(self) -> None:
         from service.engines.worker import run_worker, worker_arguments
-        from service.runtime import resolve_adapter, resolve_model_dir
+        from service.runtime import engine_adapters, engine_arguments, resolve_model_dir
 
         configure_logging(self.log_level)
         arguments = worker_arguments(
-            resolve_model_dir(self),
-            served_name=self.served_model_name,
+            engine_arguments(self, resolve_model_dir(self)),
             host=self.host,
             port=self.port,
-            max_model_len=self.max_model_len,
-            dtype=self.dtype,
-            enforce_eager=self.enforce_eager,
-            gpu_memory_utilization=self.gpu_memory_utilization,
-            max_num_seqs=self.max_num_seqs,
-            kv_block_size=self.kv_block_size,
-            max_logprobs=max(20, self.power_top_logprobs),
-            distilled_adapter=resolve_adapter(self),
+            adapters=engine_adapters(self),
         )
         run_worker(arguments, kv_cache_gib=self.kv_cache_gib)
 

@@ -12,12 +12,13 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from service import metrics
 from service.cache import MemoryStore, RedisStore, ResponseStore
 from service.config import Settings
 from service.engines.base import DISTILLED_ADAPTER, Engine
-from service.engines.local import LocalEngine
+from service.engines.local import LocalEngine, adapter_lora_settings
 from service.engines.remote import RemoteEngine
 from service.model_store import DEFAULT_ADAPTER_DIR, ensure_default_model, model_revision
 from service.prompts import PromptRenderer
@@ -57,10 +58,42 @@ def resolve_adapter(settings: Settings) -> Path | None:
     return None
 
 
+def engine_adapters(settings: Settings) -> dict[str, Path]:
+    """The LoRA adapters the engine serves, by name: the distilled one, if any."""
+    adapter = resolve_adapter(settings)
+    return {} if adapter is None else {DISTILLED_ADAPTER: adapter}
+
+
+def engine_arguments(settings: Settings, model_dir: Path) -> dict[str, Any]:
+    """vLLM's engine arguments (``EngineArgs`` fields) for these settings. The in-process engine
+    takes them as they are and ``powerserve worker`` as ``vllm serve`` flags, so both serve alike."""
+    arguments: dict[str, Any] = dict(
+        model=str(model_dir),
+        served_model_name=settings.served_model_name,
+        dtype=settings.dtype,
+        enforce_eager=settings.enforce_eager,
+        gpu_memory_utilization=settings.gpu_memory_utilization,
+        max_model_len=settings.max_model_len,
+        max_num_seqs=settings.max_num_seqs,
+        max_logprobs=max(20, settings.power_top_logprobs),
+        enable_prefix_caching=True,
+        # vLLM's own Prometheus metrics (tokens per step, prefix-cache hits, queue) are served
+        # beside ours on /metrics; nothing is logged unless asked.
+        disable_log_stats=False,
+    )
+    if settings.kv_block_size is not None:
+        arguments["block_size"] = settings.kv_block_size
+    if adapters := engine_adapters(settings):
+        arguments.update(
+            enable_lora=True,
+            max_loras=len(adapters),
+            **adapter_lora_settings(list(adapters.values())),
+        )
+    return arguments
+
+
 def build_engine(settings: Settings, model_dir: Path) -> Engine:
-    adapters = {}
-    if (adapter := resolve_adapter(settings)) is not None:
-        adapters[DISTILLED_ADAPTER] = adapter
+    adapters = engine_adapters(settings)
     if settings.workers:
         # The workers load the adapter themselves (powerserve worker serves it as `distilled`).
         return RemoteEngine(
@@ -73,17 +106,10 @@ def build_engine(settings: Settings, model_dir: Path) -> Engine:
             request_timeout_s=settings.worker_timeout_s,
         )
     return LocalEngine(
-        model_dir,
+        engine_arguments(settings, model_dir),
         model_id=settings.served_model_name,
-        max_model_len=settings.max_model_len,
-        dtype=settings.dtype,
-        enforce_eager=settings.enforce_eager,
-        gpu_memory_utilization=settings.gpu_memory_utilization,
-        kv_cache_gib=settings.kv_cache_gib,
-        max_num_seqs=settings.max_num_seqs,
-        kv_block_size=settings.kv_block_size,
-        max_logprobs=max(20, settings.power_top_logprobs),
         adapters=adapters,
+        kv_cache_gib=settings.kv_cache_gib,
     )
 
 

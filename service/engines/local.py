@@ -49,44 +49,18 @@ class LocalEngine(Engine):
 
     def __init__(
         self,
-        model_dir: Path,
+        engine_args: Mapping[str, Any],
         *,
         model_id: str,
-        max_model_len: int,
-        dtype: str = "float32",
-        enforce_eager: bool = True,
-        gpu_memory_utilization: float = 0.5,
-        kv_cache_gib: int = 2,
-        max_num_seqs: int = 256,
-        kv_block_size: int | None = None,
-        max_logprobs: int = 20,
         adapters: Mapping[str, Path] | None = None,
+        kv_cache_gib: int = 2,
     ):
-        self.model_dir = Path(model_dir)
+        """``engine_args``: vLLM ``EngineArgs`` fields (``runtime.engine_arguments``), LoRA enabled
+        for ``adapters`` when there are any."""
+        self.model_dir = Path(engine_args["model"])
         self.adapters = dict(adapters or {})
         self._model_id = model_id
-        self._engine_kwargs: dict[str, Any] = dict(
-            model=str(self.model_dir),
-            served_model_name=model_id,
-            dtype=dtype,
-            enforce_eager=enforce_eager,
-            gpu_memory_utilization=gpu_memory_utilization,
-            max_model_len=max_model_len,
-            max_num_seqs=max_num_seqs,
-            max_logprobs=max_logprobs,
-            enable_prefix_caching=True,
-            # vLLM's own Prometheus metrics (tokens per step, prefix-cache hits, queue) are served
-            # beside ours on /metrics; nothing is logged unless asked.
-            disable_log_stats=False,
-        )
-        if kv_block_size is not None:
-            self._engine_kwargs["block_size"] = kv_block_size
-        if self.adapters:
-            self._engine_kwargs.update(
-                enable_lora=True,
-                max_loras=len(self.adapters),
-                **adapter_lora_settings(list(self.adapters.values())),
-            )
+        self._engine_kwargs = dict(engine_args)
         self._kv_cache_gib = kv_cache_gib
         self._llm: Any = None  # vllm AsyncLLM, imported lazily: only engines/ touches vLLM
         self._lora_requests: dict[str, Any] = {}

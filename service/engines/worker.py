@@ -17,57 +17,39 @@ from __future__ import annotations
 import importlib.metadata
 import os
 import sys
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
-from service.engines.base import DISTILLED_ADAPTER
-from service.engines.local import adapter_lora_settings, vllm_environment
+from service.engines.local import vllm_environment
 
 __all__ = ["run_worker", "worker_arguments"]
 
 
 def worker_arguments(
-    model_dir: Path,
-    *,
-    served_name: str,
-    host: str,
-    port: int,
-    max_model_len: int,
-    dtype: str,
-    enforce_eager: bool,
-    gpu_memory_utilization: float,
-    max_num_seqs: int,
-    kv_block_size: int | None,
-    max_logprobs: int,
-    distilled_adapter: Path | None,
+    engine_args: Mapping[str, Any], *, host: str, port: int, adapters: Mapping[str, Path]
 ) -> list[str]:
-    """``vllm serve`` arguments equivalent to the in-process engine's."""
+    """``vllm serve`` arguments: the in-process engine's ``EngineArgs`` fields as flags, plus the
+    server's own (address, no sampling defaults, LoRA modules by name)."""
     args = [
-        "serve",
-        str(model_dir),
-        "--served-model-name", served_name,
+        "serve", str(engine_args["model"]),
         "--host", host,
         "--port", str(port),
-        "--dtype", dtype,
-        "--max-model-len", str(max_model_len),
-        "--gpu-memory-utilization", str(gpu_memory_utilization),
-        "--max-num-seqs", str(max_num_seqs),
-        "--max-logprobs", str(max_logprobs),
-        "--enable-prefix-caching",
         "--generation-config", "vllm",
         "--disable-uvicorn-access-log",
     ]  # fmt: skip
-    if enforce_eager:
-        args.append("--enforce-eager")
-    if kv_block_size is not None:
-        args += ["--block-size", str(kv_block_size)]
-    if distilled_adapter is not None:
-        lora = adapter_lora_settings([distilled_adapter])
-        args += [
-            "--enable-lora",
-            "--lora-modules", f"{DISTILLED_ADAPTER}={distilled_adapter}",
-            "--max-lora-rank", str(lora["max_lora_rank"]),
-            "--lora-target-modules", *lora["lora_target_modules"],
-        ]  # fmt: skip
+    for name, value in engine_args.items():
+        flag = "--" + name.replace("_", "-")
+        if name == "model" or value is False:
+            continue
+        if value is True:
+            args.append(flag)
+        elif isinstance(value, list | tuple):
+            args += [flag, *map(str, value)]
+        else:
+            args += [flag, str(value)]
+    if adapters:
+        args += ["--lora-modules", *(f"{name}={path}" for name, path in adapters.items())]
     return args
 
 
