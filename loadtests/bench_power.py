@@ -76,24 +76,41 @@ def messages(prompt: str) -> list[dict[str, str]]:
     return [{"role": "user", "content": prompt}]
 
 
-async def run_power(client: httpx.AsyncClient, model: str, args: argparse.Namespace, seed: int) -> dict:
+async def run_batch(
+    client: httpx.AsyncClient, model: str, args: argparse.Namespace, seed: int, **params: object
+) -> tuple[list[dict], float]:
+    """One chat request per prompt, all at once: the responses and the batch's wall-clock seconds."""
+
     async def one(i: int, prompt: str) -> dict:
-        body = {
-            "model": f"{model}-power",
-            "messages": messages(prompt),
-            "max_tokens": args.max_tokens,
-            "temperature": 1 / args.alpha,
-            "block_size": args.block_size,
-            "mcmc_steps": args.mcmc_steps,
-            "seed": seed * 1000 + i,
-        } | UNCACHED
+        body = (
+            {
+                "model": model,
+                "messages": messages(prompt),
+                "max_tokens": args.max_tokens,
+                "seed": seed * 1000 + i,
+            }
+            | params
+            | UNCACHED
+        )
         response = await client.post("/v1/chat/completions", json=body)
         response.raise_for_status()
         return response.json()
 
     began = time.monotonic()
     results = await asyncio.gather(*(one(i, p) for i, p in enumerate(PROMPTS[: args.prompts])))
-    seconds = time.monotonic() - began
+    return results, time.monotonic() - began
+
+
+async def run_power(client: httpx.AsyncClient, model: str, args: argparse.Namespace, seed: int) -> dict:
+    results, seconds = await run_batch(
+        client,
+        f"{model}-power",
+        args,
+        seed,
+        temperature=1 / args.alpha,
+        block_size=args.block_size,
+        mcmc_steps=args.mcmc_steps,
+    )
     generated = sum(r["power"]["tokens_generated"] for r in results)
     returned = sum(r["usage"]["completion_tokens"] for r in results)
     return {
@@ -108,24 +125,10 @@ async def run_power(client: httpx.AsyncClient, model: str, args: argparse.Namesp
 
 
 async def run_plain(client: httpx.AsyncClient, model: str, args: argparse.Namespace, seed: int) -> dict:
-    async def one(i: int, prompt: str) -> dict:
-        body = {
-            "model": model,
-            "messages": messages(prompt),
-            "max_tokens": args.max_tokens,
-            "seed": seed * 1000 + i,
-        } | UNCACHED
-        response = await client.post("/v1/chat/completions", json=body)
-        response.raise_for_status()
-        return response.json()
-
-    began = time.monotonic()
-    results = await asyncio.gather(*(one(i, p) for i, p in enumerate(PROMPTS[: args.prompts])))
-    seconds = time.monotonic() - began
-    returned = sum(r["usage"]["completion_tokens"] for r in results)
+    results, seconds = await run_batch(client, model, args, seed)
     return {
         "seconds": seconds,
-        "tokens_returned": returned,
+        "tokens_returned": sum(r["usage"]["completion_tokens"] for r in results),
         "self_reward_mean_logprob": statistics.mean(r["self_reward"]["mean_logprob"] for r in results),
     }
 
