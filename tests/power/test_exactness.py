@@ -41,6 +41,19 @@ def target(exact: ExactModel) -> dict:
     return exact.power_distribution(HORIZON, ALPHA)
 
 
+def sampler_law(exact: ExactModel, mcmc_steps: int, stream_lag: int | None = None) -> dict:
+    """The exact law of the sampler's answers at these settings (tests/oracle.py)."""
+    return chain_law(
+        exact.next_logprobs,
+        eos=EOS_ID,
+        alpha=ALPHA,
+        max_tokens=HORIZON,
+        block_size=BLOCK,
+        mcmc_steps=mcmc_steps,
+        stream_lag=stream_lag,
+    )
+
+
 def draw(
     service: ServiceProcess, model: str, requests: int, n: int = PER_REQUEST, **params: object
 ) -> list[tuple[int, ...]]:
@@ -67,14 +80,7 @@ def draw(
 def test_power_route_samples_p_to_the_alpha(
     tiny_service: ServiceProcess, exact: ExactModel, target: dict
 ) -> None:
-    law = chain_law(
-        exact.next_logprobs,
-        eos=EOS_ID,
-        alpha=ALPHA,
-        max_tokens=HORIZON,
-        block_size=BLOCK,
-        mcmc_steps=STEPS,
-    )
+    law = sampler_law(exact, STEPS)
     law_to_target = total_variation(law, target)
     samples = draw(
         tiny_service,
@@ -131,23 +137,8 @@ def test_stream_lag_freezes_blocks_and_lands_where_the_oracle_says(
 ) -> None:
     """The opt-in lag trades exactness for time to first token: measure by how much."""
     steps = 20
-    lagged = chain_law(
-        exact.next_logprobs,
-        eos=EOS_ID,
-        alpha=ALPHA,
-        max_tokens=HORIZON,
-        block_size=BLOCK,
-        mcmc_steps=steps,
-        stream_lag=1,
-    )
-    exact_chain = chain_law(
-        exact.next_logprobs,
-        eos=EOS_ID,
-        alpha=ALPHA,
-        max_tokens=HORIZON,
-        block_size=BLOCK,
-        mcmc_steps=steps,
-    )
+    lagged = sampler_law(exact, steps, stream_lag=1)
+    exact_chain = sampler_law(exact, steps)
     samples = draw(
         tiny_service,
         f"{TINY_MODEL_NAME}-power",

@@ -20,10 +20,9 @@ import pytest
 
 from loadtests.harness import PrometheusProcess, ServiceProcess
 from tests.conftest import TINY_MODEL_NAME, TINY_PROMPT, start_service, tiny_engine_args
-from tests.oracle import chain_law
-from tests.power.test_exactness import ALPHA, BLOCK, HORIZON, draw
+from tests.power.test_exactness import ALPHA, BLOCK, HORIZON, draw, sampler_law
 from tests.stats import empirical, total_variation, tv_bound
-from tests.tiny_model import EOS_ID, ExactModel
+from tests.tiny_model import ExactModel
 
 POWER = f"{TINY_MODEL_NAME}-power"
 
@@ -94,14 +93,7 @@ def test_power_sampling_stays_exact_in_remote_mode(stack: Stack, tiny_model_dir:
     checks the transport of token ids and log-probs, not the algorithm again."""
     exact = ExactModel(tiny_model_dir, TINY_PROMPT)
     steps = 10
-    law = chain_law(
-        exact.next_logprobs,
-        eos=EOS_ID,
-        alpha=ALPHA,
-        max_tokens=HORIZON,
-        block_size=BLOCK,
-        mcmc_steps=steps,
-    )
+    law = sampler_law(exact, steps)
     samples = draw(stack.gateway, POWER, requests=2, n=128, block_size=BLOCK, mcmc_steps=steps)
     found = empirical(samples)
     assert total_variation(found, law) <= tv_bound(law, len(samples))
