@@ -26,7 +26,7 @@ from typing import Any
 
 import httpx
 
-from loadtests.harness import ServiceProcess
+from tests.harness import ServiceProcess
 from service.config import DEFAULT_MODEL_NAME, Settings
 from service.model_store import ensure_default_model
 

@@ -21,7 +21,7 @@ from pathlib import Path
 import httpx
 
 from loadtests.bench_power import PROMPTS, UNCACHED, messages
-from loadtests.harness import ServiceProcess
+from tests.harness import ServiceProcess
 from service.config import DEFAULT_MODEL_NAME, Settings
 from service.model_store import ensure_default_model
 

@@ -22,7 +22,7 @@ from pathlib import Path
 import aiohttp
 import httpx
 
-from loadtests.harness import RedisProcess, ServiceProcess
+from tests.harness import RedisProcess, ServiceProcess
 from service.config import DEFAULT_MODEL_NAME, Settings
 from service.model_store import ensure_default_model
 

@@ -34,7 +34,7 @@ from typing import Any
 
 import httpx
 
-from loadtests.harness import ServiceProcess
+from tests.harness import ServiceProcess
 from loadtests.load_report import RouteSummary, output_path, table, write_report
 from loadtests.run_load import (
     OFFLINE_ENV,

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from loadtests.harness import ServiceProcess
+from tests.harness import ServiceProcess
 from loadtests.load_report import RouteSummary, output_path, percentiles, table, write_report
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -8,6 +8,7 @@ One pydantic-settings class holds every knob. Each is an environment variable (`
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import AliasChoices, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -54,7 +55,12 @@ class Settings(BaseSettings):
     )
 
     # --- vLLM engine ---------------------------------------------------------------------------
-    max_model_len: int = Field(2048, ge=16, description="Context length (prompt + answer).")
+    max_model_len: int | None = Field(
+        None,
+        ge=16,
+        description="Context length (prompt + answer). Unset: 2048, or the model's own limit when "
+        "that is smaller.",
+    )
     dtype: str = Field("float32", description="float32 on CPUs without AVX-512 bf16; auto on GPUs.")
     enforce_eager: bool = Field(
         True, description="Skip graph capture: 30 s start-up instead of 200 s on CPU."
@@ -104,6 +110,12 @@ class Settings(BaseSettings):
     power_alpha: float = Field(
         4.0, ge=1, description="Default alpha (temperature 1/alpha) of the power route."
     )
+    power_method: Literal["mh", "smc"] = Field(
+        "smc",
+        description="Default power sampler: smc (Power-SMC particles, near plain-decoding latency) or "
+        "mh (exact suffix Metropolis-Hastings, the reference). A request's power_method overrides.",
+    )
+    power_particles: int = Field(8, ge=1, le=256, description="Default SMC particles per answer.")
     power_mcmc_steps: int = Field(10, ge=0, description="Default Metropolis-Hastings steps per block.")
     power_max_tokens: int = Field(
         256,
@@ -137,6 +149,12 @@ class Settings(BaseSettings):
         if self.model is not None and not self.model.is_dir():
             raise ValueError(f"POWERSERVE_MODEL={self.model} is not a directory")
         return self
+
+    def context_length(self, model_limit: int | None) -> int:
+        """The engine's max_model_len: as set, else 2048 capped by the model's own limit."""
+        if self.max_model_len is not None:
+            return self.max_model_len
+        return min(2048, model_limit) if model_limit else 2048
 
     @property
     def served_model_name(self) -> str:

@@ -21,6 +21,7 @@ __all__ = [
     "ensure_default_model",
     "eos_token_ids",
     "model_revision",
+    "position_limit",
 ]
 
 logger = logging.getLogger(__name__)
@@ -118,3 +119,14 @@ def model_revision(*directories: Path) -> str:
                 stat = path.stat()
                 digest.update(f"{path.name}:{stat.st_size}:{stat.st_mtime_ns}".encode())
     return digest.hexdigest()[:16]
+
+
+def position_limit(model_dir: Path) -> int | None:
+    """The model's own context limit (config.json ``max_position_embeddings``), if it states one."""
+    import json
+
+    config_path = Path(model_dir) / "config.json"
+    if not config_path.exists():
+        return None
+    value = json.loads(config_path.read_text()).get("max_position_embeddings")
+    return int(value) if isinstance(value, int) else None

@@ -15,7 +15,7 @@ from typing import Any
 
 from service.errors import InvalidRequestError
 
-__all__ = ["PromptRenderer", "TextStream"]
+__all__ = ["PromptRenderer", "StopStrings", "TextStream"]
 
 logger = logging.getLogger(__name__)
 
@@ -68,17 +68,48 @@ class PromptRenderer:
 
 
 class TextStream:
-    """Incremental decoding: text of tokens as they arrive, holding back split characters."""
+    """Incremental decoding: the text of tokens as they arrive, a character held back until its
+    last byte is there. ``tokenizers``' DecodeStream keeps it linear in the answer's length."""
 
     def __init__(self, renderer: PromptRenderer):
-        self._renderer = renderer
-        self._ids: list[int] = []
-        self._sent = 0
+        from tokenizers.decoders import DecodeStream
 
-    def push(self, token_ids: Sequence[int], *, final: bool = False) -> str:
-        self._ids.extend(token_ids)
-        text = self._renderer.decode(self._ids)
-        if not final and text.endswith("\ufffd"):
-            return ""  # a multi-byte character is split across tokens: wait for the rest
-        new, self._sent = text[self._sent :], len(text)
-        return new
+        self._backend = renderer.tokenizer.backend_tokenizer
+        self._stream = DecodeStream(skip_special_tokens=True)
+
+    def push(self, token_ids: Sequence[int]) -> str:
+        return "".join(self._stream.step(self._backend, t) or "" for t in token_ids)
+
+
+class StopStrings:
+    """Where an answer meets its first stop string, found on its decoded text."""
+
+    def __init__(self, renderer: PromptRenderer, stop: Sequence[str]):
+        self._renderer = renderer
+        self._stop = tuple(stop)
+
+    def cut(self, token_ids: Sequence[int]) -> tuple[int, str] | None:
+        """(tokens kept: up to the one completing the first stop, the text before the stop), or
+        None when the answer holds no stop string."""
+        if not self._stop:
+            return None
+        text = self._renderer.decode(token_ids)
+        hits = [(i, s) for s in self._stop if (i := text.find(s)) >= 0]
+        if not hits:
+            return None
+        start, word = min(hits)
+        end = start + len(word)
+        # Fewest tokens whose text reaches the end of the stop string (decoded length grows with them).
+        lo, hi = 1, len(token_ids)
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if len(self._renderer.decode(token_ids[:mid])) >= end:
+                hi = mid
+            else:
+                lo = mid + 1
+        return lo, text[:start]
+
+    def keep(self, token_ids: Sequence[int]) -> int | None:
+        """Tokens to keep of an answer: the power samplers' absorbing stop (service.power.StopAt)."""
+        found = self.cut(token_ids)
+        return None if found is None else found[0]

@@ -1,4 +1,4 @@
-"""Assembling the service from its settings: model, engine, tokenizer, cache and router.
+"""Assembling the service from its settings: model, engine, tokenizer, cache and request path.
 
 The HTTP app (service/api/app.py) and the offline pipelines (service/distill) build the same parts
 the same way, from here.
@@ -20,9 +20,14 @@ from service.config import Settings
 from service.engines.base import DISTILLED_ADAPTER, Engine
 from service.engines.local import LocalEngine, adapter_lora_settings
 from service.engines.remote import RemoteEngine
-from service.model_store import DEFAULT_ADAPTER_DIR, ensure_default_model, model_revision
+from service.model_store import (
+    DEFAULT_ADAPTER_DIR,
+    ensure_default_model,
+    model_revision,
+    position_limit,
+)
+from service.pipeline import CompletionService, ResultCache
 from service.prompts import PromptRenderer
-from service.router import Router
 
 __all__ = [
     "Services",
@@ -42,7 +47,7 @@ class Services:
     settings: Settings
     engine: Engine
     renderer: PromptRenderer
-    router: Router
+    completions: CompletionService
 
 
 def resolve_model_dir(settings: Settings) -> Path:
@@ -67,13 +72,17 @@ def engine_adapters(settings: Settings) -> dict[str, Path]:
 def engine_arguments(settings: Settings, model_dir: Path) -> dict[str, Any]:
     """vLLM's engine arguments (``EngineArgs`` fields) for these settings. The in-process engine
     takes them as they are and ``powerserve worker`` as ``vllm serve`` flags, so both serve alike."""
+    limit = position_limit(model_dir)
+    context = settings.context_length(limit)
+    if settings.max_model_len is None and limit is not None and context < 2048:
+        logger.info("context length %d: the model's own limit (max_position_embeddings)", context)
     arguments: dict[str, Any] = dict(
         model=str(model_dir),
         served_model_name=settings.served_model_name,
         dtype=settings.dtype,
         enforce_eager=settings.enforce_eager,
         gpu_memory_utilization=settings.gpu_memory_utilization,
-        max_model_len=settings.max_model_len,
+        max_model_len=context,
         max_num_seqs=settings.max_num_seqs,
         max_logprobs=max(20, settings.power_top_logprobs),
         enable_prefix_caching=True,
@@ -122,8 +131,8 @@ def build_store(settings: Settings) -> ResponseStore:
 async def start_services(
     settings: Settings, store: ResponseStore, *, on_engine: Callable[[Engine], None] | None = None
 ) -> Services:
-    """Prepare the model, start the engine and wire the router. ``on_engine`` sees the engine before
-    it starts (the API shows it to /health while it loads)."""
+    """Prepare the model, start the engine and wire the request path. ``on_engine`` sees the engine
+    before it starts (the API shows it to /health while it loads)."""
     model_dir = await asyncio.to_thread(resolve_model_dir, settings)
     engine = build_engine(settings, model_dir)
     if on_engine is not None:
@@ -136,10 +145,12 @@ async def start_services(
     except BaseException:
         await engine.close()
         raise
-    router = Router(engine, renderer, settings, store=store, revision=revision)
+    cache = ResultCache(store, revision=revision, default_ttl_s=settings.cache_ttl_s)
+    completions = CompletionService(engine, renderer, settings, cache)
     workers = [w.url for w in engine.workers] if isinstance(engine, RemoteEngine) else []
-    metrics.prime([route.kind.value for route in router.routes], workers)
-    return Services(settings, engine, renderer, router)
+    metrics.prime([route.kind.value for route in completions.routes], workers)
+    metrics.watch_engine(engine.num_running_requests)
+    return Services(settings, engine, renderer, completions)
 
 
 @asynccontextmanager

@@ -14,7 +14,7 @@ from pathlib import Path
 import openai
 import pytest
 
-from loadtests.harness import RedisProcess, ServiceProcess
+from tests.harness import RedisProcess, ServiceProcess
 from service.distill.train import TrainConfig, train_adapter
 from tests.tiny_model import build_tiny_model
 
@@ -86,7 +86,9 @@ def tiny_service(
     keeps the in-process LRU)."""
     args = [*tiny_engine_args(tiny_model_dir), "--distilled-adapter", str(tiny_adapter)]
     env = {"REDIS_URL": redis_server.url}
-    service = start_service(tmp_path_factory, "tiny", [*args, "--max-n", "512"], env=env)
+    # MH is the reference sampler the exactness tests check; SMC requests name their method.
+    args += ["--max-n", "512", "--power-method", "mh"]
+    service = start_service(tmp_path_factory, "tiny", args, env=env)
     yield service
     service.stop()
 

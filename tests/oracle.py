@@ -20,7 +20,11 @@ NextLogprobs = Callable[[Answer], torch.Tensor]
 
 
 def _suffixes(
-    next_logprobs: NextLogprobs, prefix: Answer, horizon: int, temperature: float, eos: int
+    next_logprobs: NextLogprobs,
+    prefix: Answer,
+    horizon: int,
+    temperature: float,
+    absorbing: frozenset[int],
 ) -> list[tuple[Answer, float, float]]:
     """Every suffix the proposal can draw after ``prefix``: (suffix, q(suffix), sum of zeta)."""
     out: list[tuple[Answer, float, float]] = []
@@ -33,7 +37,7 @@ def _suffixes(
         for token in range(logp.shape[0]):
             step_q = q * math.exp(float(logq[token]))
             longer = (*suffix, token)
-            if token == eos or len(prefix) + len(longer) >= horizon:
+            if token in absorbing or len(prefix) + len(longer) >= horizon:
                 out.append((longer, step_q, zeta_sum + zeta))
             else:
                 grow(longer, step_q, zeta_sum + zeta)
@@ -45,7 +49,7 @@ def _suffixes(
 def chain_law(
     next_logprobs: NextLogprobs,
     *,
-    eos: int,
+    eos: int | frozenset[int],
     alpha: float,
     max_tokens: int,
     block_size: int,
@@ -54,7 +58,9 @@ def chain_law(
     cut_correction: bool = True,
     stop_at_eos: bool = False,
 ) -> dict[Answer, float]:
-    """The distribution of the sampler's answers (alpha finite)."""
+    """The distribution of the sampler's answers (alpha finite). ``eos``: the absorbing token(s),
+    EOS and the tokens of stop words."""
+    absorbing = frozenset({eos}) if isinstance(eos, int) else eos
     temperature = 1.0 / alpha
     law: dict[Answer, float] = {(): 1.0}
     num_blocks = math.ceil(max_tokens / block_size)
@@ -62,7 +68,7 @@ def chain_law(
 
     def suffixes(prefix: Answer, horizon: int) -> list[tuple[Answer, float, float]]:
         if (prefix, horizon) not in cache:
-            cache[prefix, horizon] = _suffixes(next_logprobs, prefix, horizon, temperature, eos)
+            cache[prefix, horizon] = _suffixes(next_logprobs, prefix, horizon, temperature, absorbing)
         return cache[prefix, horizon]
 
     def zeta_sum(answer: Answer, start: int, horizon: int) -> float:
@@ -77,7 +83,7 @@ def chain_law(
         # 1. grow
         grown: dict[Answer, float] = defaultdict(float)
         for answer, w in law.items():
-            ended = bool(answer) and answer[-1] == eos
+            ended = bool(answer) and answer[-1] in absorbing
             if ended or len(answer) >= horizon:
                 grown[answer] += w
             else:
@@ -89,7 +95,7 @@ def chain_law(
             moved: dict[Answer, float] = defaultdict(float)
             for answer, w in law.items():
                 frozen = min(frozen_at, len(answer))
-                ended = bool(answer) and answer[-1] == eos
+                ended = bool(answer) and answer[-1] in absorbing
                 if len(answer) <= frozen or (stop_at_eos and ended):
                     moved[answer] += w
                     continue

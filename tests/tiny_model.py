@@ -60,16 +60,16 @@ def build_tiny_model(out_dir: Path, *, seed: int = 0, weight_scale: float = 1.0)
     return out_dir
 
 
-def answers(horizon: int) -> list[tuple[int, ...]]:
-    """Every answer of at most ``horizon`` tokens: ended by EOS, or cut by the horizon."""
-    words = [VOCAB[w] for w in WORDS]
+def answers(horizon: int, absorbing: frozenset[int] = frozenset({EOS_ID})) -> list[tuple[int, ...]]:
+    """Every answer of at most ``horizon`` tokens: ended by an absorbing token (EOS, or a stop word
+    too), or cut by the horizon."""
     out: list[tuple[int, ...]] = []
     frontier: list[tuple[int, ...]] = [()]
     for _ in range(horizon):
         grown = []
         for prefix in frontier:
-            out.append((*prefix, EOS_ID))
-            grown.extend((*prefix, w) for w in words)
+            out.extend((*prefix, t) for t in sorted(absorbing))
+            grown.extend((*prefix, t) for t in VOCAB.values() if t not in absorbing)
         frontier = grown
     return out + frontier
 
@@ -98,9 +98,11 @@ class ExactModel:
             total += float(torch.log_softmax(logp / temperature, dim=-1)[token])
         return total
 
-    def power_distribution(self, horizon: int, alpha: float) -> dict[tuple[int, ...], float]:
+    def power_distribution(
+        self, horizon: int, alpha: float, absorbing: frozenset[int] = frozenset({EOS_ID})
+    ) -> dict[tuple[int, ...], float]:
         """pi_alpha(y) ∝ p(y)**alpha over all answers of the horizon."""
-        logw = {y: alpha * self.answer_logprob(y) for y in answers(horizon)}
+        logw = {y: alpha * self.answer_logprob(y) for y in answers(horizon, absorbing)}
         return _normalise(logw)
 
     def tempered_distribution(self, horizon: int, temperature: float) -> dict[tuple[int, ...], float]:

@@ -1,4 +1,6 @@
-"""The HTTP API: OpenAI protocol over the router. Knows nothing of MCMC, vLLM or Redis."""
+"""The HTTP API: the OpenAI protocol over the request path (service.pipeline).
+
+Knows nothing of MCMC, vLLM or Redis."""
 
 from service.api.app import create_app
 

@@ -41,7 +41,7 @@ async def _start_services(app: FastAPI, settings: Settings) -> None:
         os.kill(os.getpid(), signal.SIGTERM)
         return
     app.state.services = services
-    routes = [route.model_id for route in services.router.routes]
+    routes = [route.model_id for route in services.completions.routes]
     logger.info("serving %s on http://%s:%d/v1", routes, settings.host, settings.port)
 
 

@@ -16,6 +16,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from service.api.protocol import ErrorInfo, ErrorResponse
 from service.errors import (
     EngineError,
     EngineUnavailableError,
@@ -52,16 +53,9 @@ def status_of(exc: PowerserveError) -> int:
 
 
 def error_body(status: int, message: str, *, param: str | None = None, code: Any = None) -> dict:
-    return {
-        "error": {
-            "message": message,
-            "type": _STATUS_TYPES.get(
-                status, "invalid_request_error" if status < 500 else "server_error"
-            ),
-            "param": param,
-            "code": code,
-        }
-    }
+    kind = _STATUS_TYPES.get(status, "invalid_request_error" if status < 500 else "server_error")
+    info = ErrorInfo(message=message, type=kind, param=param, code=code)
+    return ErrorResponse(error=info).model_dump()
 
 
 def error_response(exc: PowerserveError) -> JSONResponse:

@@ -6,7 +6,7 @@ import time
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.metrics import REQUEST_LATENCY, REQUESTS
+from service.metrics import record
 
 __all__ = ["RequestMetrics"]
 
@@ -36,7 +36,9 @@ class RequestMetrics:
             await self.app(scope, receive, send_and_note)
         finally:
             route = scope.get("state", {}).get("route")
-            kind, model = (route.kind.value, route.model_id) if route is not None else ("none", "none")
-            REQUESTS.labels(kind, model, str(status)).inc()
-            if route is not None:
-                REQUEST_LATENCY.labels(kind).observe(time.monotonic() - began)
+            if route is None:
+                record.request_finished("none", "none", status, None)
+            else:
+                record.request_finished(
+                    route.kind.value, route.model_id, status, time.monotonic() - began
+                )

@@ -4,9 +4,10 @@ Requests accept and ignore fields they do not know (OpenAI clients send many) an
 they do, so that a bad value is a 400 naming the parameter rather than an engine error. Each request
 converts itself into the neutral ``GenerationRequest`` (``to_generation``).
 
-Extensions beside the OpenAI fields: the power route's parameters (``power_alpha``, ``mcmc_steps``,
-``block_size``, ``power_stream_lag``; ``extra_body`` in the OpenAI SDK), and in responses a
-``self_reward`` object on every route and a ``power`` report on the power route.
+Extensions beside the OpenAI fields: the power route's parameters (``power_method``,
+``power_particles``, ``power_alpha``, ``mcmc_steps``, ``block_size``, ``power_stream_lag``;
+``extra_body`` in the OpenAI SDK), and in responses a ``self_reward`` object on every route and a
+``power`` report on the power route.
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
-from service.generation import CacheControl, GenerationRequest
+from service.generation import GenerationRequest
+from service.pipeline import CacheControl
 
 __all__ = [
     "CacheFields",
@@ -89,6 +91,8 @@ class _SamplingFields(_Request):
     user: str | None = None
     cache: CacheFields | None = None
     # Power route (extra_body in the OpenAI SDK).
+    power_method: Literal["mh", "smc"] | None = None
+    power_particles: Annotated[int, Field(ge=1, le=256)] | None = None
     power_alpha: Annotated[float, Field(ge=1)] | None = None
     mcmc_steps: Annotated[int, Field(ge=0)] | None = None
     block_size: Annotated[int, Field(ge=1)] | None = None
@@ -107,6 +111,9 @@ class _SamplingFields(_Request):
     @property
     def include_usage(self) -> bool:
         return bool(self.stream_options and self.stream_options.include_usage)
+
+    def cache_control(self) -> CacheControl:
+        return self.cache.to_control() if self.cache is not None else CacheControl()
 
     def _generation(
         self,
@@ -128,12 +135,13 @@ class _SamplingFields(_Request):
             stop=stop,
             seed=self.seed,
             logprobs=logprobs,
+            power_method=self.power_method,
+            power_particles=self.power_particles,
             power_alpha=self.power_alpha,
             mcmc_steps=self.mcmc_steps,
             block_size=self.block_size,
             power_stream_lag=self.power_stream_lag,
             prompt_param=prompt_param,
-            cache=self.cache.to_control() if self.cache is not None else CacheControl(),
         )
 
 
@@ -225,7 +233,7 @@ class ChatCompletionRequest(_SamplingFields):
         )
 
 
-# --- responses (built as plain dicts on the hot path; these document and validate the shape) ----
+# --- responses ----------------------------------------------------------------------------------
 
 
 class Usage(BaseModel):

@@ -2,7 +2,7 @@
 
 The endpoints differ only in how a choice, a delta and a log-prob listing look (``ResponseFormat``);
 the rest (cancellation on disconnect, usage, the ``self_reward`` and ``power`` extensions, the
-streamed finish and usage chunks, the cache header, latency metrics) is here once.
+streamed finish and usage chunks, keep-alive comments, the cache header) is here once.
 """
 
 from __future__ import annotations
@@ -16,17 +16,11 @@ from fastapi import Request
 from fastapi.responses import JSONResponse, Response
 
 from service.api.deps import Services
-from service.api.protocol import new_id, now
-from service.api.streaming import (
-    ClientDisconnected,
-    EventStreamResponse,
-    cancel_on_disconnect,
-    sse_events,
-)
+from service.api.protocol import Usage, new_id, now
+from service.api.streaming import ClientDisconnected, cancel_on_disconnect, event_stream
 from service.generation import Choice, ChoiceDelta, GenerationRequest, GenerationResult
-from service.metrics import REQUESTS_IN_FLIGHT, TIME_TO_FIRST_TOKEN
+from service.pipeline import CacheControl, ModelRoute, RouteKind, StreamEvent
 from service.prompts import PromptRenderer
-from service.router import Route
 
 __all__ = ["CACHE_HEADER", "ResponseFormat", "respond"]
 
@@ -66,29 +60,27 @@ class ResponseFormat(abc.ABC):
 async def respond(
     request: Request,
     services: Services,
-    route: Route,
+    route: ModelRoute,
     generation: GenerationRequest,
+    control: CacheControl,
     fmt: ResponseFormat,
     *,
     stream: bool,
     include_usage: bool,
 ) -> Response:
-    request.state.route = route  # for the request metrics (api/app.py)
+    request.state.route = route  # for the request metrics (api/observe.py)
     response_id, created, began = new_id(fmt.id_prefix), now(), time.monotonic()
+    completions = services.completions
+    resolved = completions.resolve(route, generation)  # a bad request raises here: a 4xx
     if stream:
-        opened = await services.router.stream(route, generation)  # a bad request raises here: a 4xx
-        chunks = _chunks(opened.events, fmt, response_id, created, route, include_usage, began)
-        return EventStreamResponse(sse_events(chunks), headers={CACHE_HEADER: opened.cache})
+        opened = await completions.stream(resolved, control, began=began)
+        chunks = _chunks(opened.events, fmt, response_id, created, route, include_usage)
+        return event_stream(chunks, headers={CACHE_HEADER: opened.cache})
 
-    in_flight = REQUESTS_IN_FLIGHT.labels(route.kind)
-    in_flight.inc()
     try:
-        result = await cancel_on_disconnect(request, services.router.generate(route, generation))
+        result = await cancel_on_disconnect(request, completions.generate(resolved, control))
     except ClientDisconnected:
         return Response(status_code=499)  # nobody is listening; the work has been cancelled
-    finally:
-        in_flight.dec()
-    TIME_TO_FIRST_TOKEN.labels(route.kind).observe(time.monotonic() - began)
     body = {
         "id": response_id,
         "object": fmt.object_name,
@@ -101,13 +93,12 @@ async def respond(
 
 
 async def _chunks(
-    events: AsyncIterator[ChoiceDelta | Choice | GenerationResult],
+    events: AsyncIterator[StreamEvent],
     fmt: ResponseFormat,
     response_id: str,
     created: int,
-    route: Route,
+    route: ModelRoute,
     include_usage: bool,
-    began: float,
 ) -> AsyncIterator[dict[str, Any]]:
     def chunk(choices: list[dict[str, Any]], **extra: Any) -> dict[str, Any]:
         head = {
@@ -118,44 +109,36 @@ async def _chunks(
         }
         return head | {"choices": choices} | extra
 
-    in_flight = REQUESTS_IN_FLIGHT.labels(route.kind)
-    in_flight.inc()
-    first_token_seen = False
     started: set[int] = set()
-    try:
-        async for event in events:
-            if isinstance(event, ChoiceDelta):
-                if not first_token_seen and event.token_ids:
-                    first_token_seen = True
-                    TIME_TO_FIRST_TOKEN.labels(route.kind).observe(time.monotonic() - began)
-                yield chunk([fmt.delta(event, first=event.index not in started)])
+    async for event in events:
+        if isinstance(event, ChoiceDelta):
+            yield chunk([fmt.delta(event, first=event.index not in started)])
+            started.add(event.index)
+        elif isinstance(event, Choice):
+            if event.index not in started:  # ended before any delta: open it first
+                yield chunk([fmt.delta(ChoiceDelta(index=event.index), first=True)])
                 started.add(event.index)
-            elif isinstance(event, Choice):
-                if event.index not in started:  # ended before any delta: open it first
-                    yield chunk([fmt.delta(ChoiceDelta(index=event.index), first=True)])
-                    started.add(event.index)
-                entry = fmt.finish(event) | {"self_reward": event.self_reward}
-                if event.report is not None:
-                    entry["power"] = event.report
-                yield chunk([entry])
-            elif include_usage:
-                yield chunk([], usage=_usage(event), **_extensions(event))
-    finally:
-        in_flight.dec()
+            entry = fmt.finish(event) | {"self_reward": event.self_reward.to_json()}
+            if event.sampler is not None and route.kind is RouteKind.POWER:
+                entry["power"] = event.sampler.to_json()
+            yield chunk([entry])
+        elif include_usage:
+            yield chunk([], usage=_usage(event), **_extensions(event))
 
 
 def _usage(result: GenerationResult) -> dict[str, int]:
     completion = result.completion_tokens
-    return {
-        "prompt_tokens": result.prompt_tokens,
-        "completion_tokens": completion,
-        "total_tokens": result.prompt_tokens + completion,
-    }
+    return Usage(
+        prompt_tokens=result.prompt_tokens,
+        completion_tokens=completion,
+        total_tokens=result.prompt_tokens + completion,
+    ).model_dump()
 
 
 def _extensions(result: GenerationResult) -> dict[str, Any]:
     """Beside usage: the self-reward on every route, and the power report on the power route."""
-    extra: dict[str, Any] = {"self_reward": result.self_reward}
-    if result.report is not None:
-        extra["power"] = result.report
+    reward = result.self_reward.to_json()
+    extra: dict[str, Any] = {"self_reward": reward}
+    if result.power is not None:
+        extra["power"] = result.power.to_json() | {"self_reward": reward}
     return extra

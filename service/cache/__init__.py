@@ -2,6 +2,13 @@
 
 from service.cache.keys import cache_key
 from service.cache.singleflight import SingleFlight
-from service.cache.store import MemoryStore, RedisStore, ResponseStore
+from service.cache.store import MemoryStore, RedisStore, ResponseStore, StoreUnavailable
 
-__all__ = ["MemoryStore", "RedisStore", "ResponseStore", "SingleFlight", "cache_key"]
+__all__ = [
+    "MemoryStore",
+    "RedisStore",
+    "ResponseStore",
+    "SingleFlight",
+    "StoreUnavailable",
+    "cache_key",
+]

@@ -9,7 +9,7 @@ from typing import Any
 __all__ = ["cache_key"]
 
 # Bump when the cached value's layout changes, so old entries are never misread.
-_LAYOUT = 1
+_LAYOUT = 2
 
 
 def cache_key(*, route: str, revision: str, fields: dict[str, Any]) -> str:

@@ -1,7 +1,7 @@
 """Stage 1, ``generate``: teacher answers from the power route, as JSONL.
 
-Prompts run through the service's own router (the same defaults, reports and self-reward as the
-API), several at once so that the engine batches their chains. Each finished answer is appended and
+Prompts run through the service's own request path (the same defaults, reports and self-reward as
+the API), several at once so that the engine batches their chains. Each finished answer is appended and
 flushed; a rerun skips the prompts already answered, so an interrupted run continues where it stopped.
 """
 
@@ -19,6 +19,7 @@ from tqdm import tqdm
 
 from service.distill.data import PromptItem, append_jsonl, read_jsonl
 from service.generation import GenerationRequest
+from service.power import PowerMethod
 from service.prompts import PromptRenderer
 from service.runtime import Services
 
@@ -34,7 +35,10 @@ class PowerParams:
     alpha: float = 4.0
     max_tokens: int = 64
     block_size: int = 16
+    # The shipped adapter's teacher: exact MH at 4 steps per block. "smc" uses particles instead.
+    method: PowerMethod = "mh"
     mcmc_steps: int = 4
+    particles: int = 8
 
 
 def prompt_ids(renderer: PromptRenderer, item: PromptItem) -> list[int]:
@@ -64,11 +68,14 @@ async def answer(
         max_tokens=max_tokens,
         temperature=temperature,
         seed=seed,
-        mcmc_steps=power.mcmc_steps if power else None,
+        power_method=power.method if power else None,
+        mcmc_steps=power.mcmc_steps if power and power.method == "mh" else None,
+        power_particles=power.particles if power and power.method == "smc" else None,
         block_size=power.block_size if power else None,
     )
     began = time.monotonic()
-    result = await services.router.generate(services.router.choose(model_id), request)
+    completions = services.completions
+    result = await completions.generate(completions.resolve(completions.route(model_id), request))
     choice = result.choices[0]
     return item.to_json() | {
         "route": model_id,
@@ -76,9 +83,9 @@ async def answer(
         "completion": choice.text,
         "token_ids": choice.token_ids,
         "finish_reason": choice.finish_reason,
-        "self_reward": choice.self_reward,
-        "tokens_generated": (result.report or {}).get("tokens_generated", len(choice.token_ids)),
-        "power": result.report,
+        "self_reward": choice.self_reward.to_json(),
+        "tokens_generated": result.tokens_generated,
+        "power": None if result.power is None else result.power.to_json(),
         "latency_s": time.monotonic() - began,
     }
 

@@ -198,8 +198,8 @@ class LocalEngine(Engine):
 
         lora = None
         if adapter is not None:
-            if adapter not in self._lora_requests:
-                raise InvalidRequestError(f"Unknown adapter {adapter!r}.", param="model")
+            if adapter not in self._lora_requests:  # routes only name adapters the engine has
+                raise EngineError(f"The engine has no adapter {adapter!r}.")
             lora = self._lora_requests[adapter]
         try:
             # Cancellation (client gone) propagates into AsyncLLM.generate, which aborts the request.
@@ -207,8 +207,8 @@ class LocalEngine(Engine):
                 yield output
         except EngineDeadError as exc:
             raise EngineUnavailableError("The engine has died; the service needs a restart.") from exc
-        except (VLLMValidationError, ValueError) as exc:
-            raise InvalidRequestError(str(exc)) from exc
+        except VLLMValidationError as exc:  # input vLLM refuses: the client's to fix
+            raise InvalidRequestError(str(exc), param=exc.parameter) from exc
         except EngineGenerateError as exc:
             raise EngineError(f"The engine failed on this request: {exc.__cause__ or exc}") from exc
 

@@ -38,7 +38,7 @@ import aiohttp
 
 from service.engines.base import Engine, EngineInfo, Generated, SamplingOptions
 from service.errors import EngineError, EngineUnavailableError, InvalidRequestError
-from service.metrics import (
+from service.metrics.registry import (
     WORKER_FAILURES,
     WORKER_IN_FLIGHT,
     WORKER_PREFIX_CACHE_HIT_RATIO,

@@ -1,45 +1,6 @@
-"""Prometheus metrics of the service: every metric is declared in ``registry.py``."""
+"""Prometheus metrics of the service: declared in ``registry.py``, changed only through ``record``."""
 
-from service.metrics.registry import (
-    ANSWER_NLL,
-    CACHE_ERRORS,
-    CACHE_LOOKUPS,
-    ENGINE_REQUESTS,
-    POWER_ACCEPTANCE_RATE,
-    POWER_COST_MULTIPLIER,
-    REGISTRY,
-    REQUEST_LATENCY,
-    REQUESTS,
-    REQUESTS_IN_FLIGHT,
-    TIME_TO_FIRST_TOKEN,
-    TOKENS,
-    WORKER_FAILURES,
-    WORKER_IN_FLIGHT,
-    WORKER_PREFIX_CACHE_HIT_RATIO,
-    WORKER_REQUESTS,
-    WORKER_UP,
-    prime,
-    render_latest,
-)
+from service.metrics import record
+from service.metrics.registry import REGISTRY, prime, render_latest, watch_engine
 
-__all__ = [
-    "ANSWER_NLL",
-    "CACHE_ERRORS",
-    "CACHE_LOOKUPS",
-    "ENGINE_REQUESTS",
-    "POWER_ACCEPTANCE_RATE",
-    "POWER_COST_MULTIPLIER",
-    "REGISTRY",
-    "REQUESTS",
-    "REQUESTS_IN_FLIGHT",
-    "REQUEST_LATENCY",
-    "TIME_TO_FIRST_TOKEN",
-    "TOKENS",
-    "WORKER_FAILURES",
-    "WORKER_IN_FLIGHT",
-    "WORKER_PREFIX_CACHE_HIT_RATIO",
-    "WORKER_REQUESTS",
-    "WORKER_UP",
-    "prime",
-    "render_latest",
-]
+__all__ = ["REGISTRY", "prime", "record", "render_latest", "watch_engine"]

@@ -7,7 +7,7 @@ low-cardinality: ``route`` (plain, power, distilled), ``model`` (the served mode
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from prometheus_client import REGISTRY as DEFAULT_REGISTRY
 from prometheus_client import (
@@ -26,6 +26,8 @@ __all__ = [
     "ENGINE_REQUESTS",
     "POWER_ACCEPTANCE_RATE",
     "POWER_COST_MULTIPLIER",
+    "POWER_REQUESTS",
+    "POWER_SMC_RESAMPLES",
     "REGISTRY",
     "REQUESTS",
     "REQUESTS_IN_FLIGHT",
@@ -39,6 +41,7 @@ __all__ = [
     "WORKER_UP",
     "prime",
     "render_latest",
+    "watch_engine",
 ]
 
 # No `_created` series: timestamps nobody graphs, doubling every counter's lines.
@@ -70,7 +73,7 @@ REQUEST_LATENCY = Histogram(
 )
 TIME_TO_FIRST_TOKEN = Histogram(
     "powerserve_time_to_first_token_seconds",
-    "Time until the first answer token reached the client (the whole answer when not streamed).",
+    "Time until the first answer token was sent to a streaming client, by route.",
     ["route"],
     buckets=_SECONDS,
     registry=REGISTRY,
@@ -95,6 +98,18 @@ POWER_ACCEPTANCE_RATE = Histogram(
     registry=REGISTRY,
 )
 # Observed negated: a histogram's _sum must never fall, or rate() reads each fall as a counter reset.
+POWER_SMC_RESAMPLES = Histogram(
+    "powerserve_power_smc_resamples",
+    "Resampling events per SMC answer.",
+    buckets=(0, 1, 2, 4, 8, 16, 32, 64),
+    registry=REGISTRY,
+)
+POWER_REQUESTS = Counter(
+    "powerserve_power_requests_total",
+    "Power requests computed, by sampler method (mh, smc).",
+    ["method"],
+    registry=REGISTRY,
+)
 ANSWER_NLL = Histogram(
     "powerserve_answer_nll_per_token",
     "Minus the self-reward: negative mean log p per returned token under the base model, per answer, "
@@ -161,11 +176,18 @@ def prime(routes: Sequence[str], workers: Sequence[str] = ()) -> None:
             TOKENS.labels(route, kind)
         for result in ("hit", "miss", "bypass"):
             CACHE_LOOKUPS.labels(route, result)
+    for method in ("mh", "smc"):
+        POWER_REQUESTS.labels(method)
     for operation in ("get", "set"):
         CACHE_ERRORS.labels(operation)
     for worker in workers:
         for metric in (WORKER_UP, WORKER_IN_FLIGHT, WORKER_REQUESTS, WORKER_FAILURES):
             metric.labels(worker)
+
+
+def watch_engine(num_running_requests: Callable[[], int]) -> None:
+    """Read the engine's queue depth at scrape time."""
+    ENGINE_REQUESTS.set_function(num_running_requests)
 
 
 def render_latest() -> bytes:

@@ -1,14 +1,28 @@
-"""Power sampling: answers from p(y | x) ** alpha by suffix Metropolis-Hastings on an engine."""
+"""Power sampling: answers from p(y | x) ** alpha on an engine, by suffix Metropolis-Hastings (the
+exact reference, mh.py) or by Power-SMC particles (fast, smc.py), behind one interface."""
 
-from service.power.config import PowerConfig
+from service.power.config import POWER_METHODS, PowerConfig, PowerMethod
+from service.power.mh import SuffixMHSampler
 from service.power.normaliser import log_normaliser
-from service.power.sampler import ChainStats, FrozenTokens, PowerSample, PowerSampler
+from service.power.proposal import StopAt, Trajectory
+from service.power.report import PowerReport, SamplerStats
+from service.power.sample import FinalTokens, PowerSample
+from service.power.samplers import Sampler, sampler_for
+from service.power.smc import PowerSMCSampler
 
 __all__ = [
-    "ChainStats",
-    "FrozenTokens",
+    "POWER_METHODS",
+    "FinalTokens",
     "PowerConfig",
+    "PowerMethod",
+    "PowerReport",
+    "PowerSMCSampler",
     "PowerSample",
-    "PowerSampler",
+    "Sampler",
+    "SamplerStats",
+    "StopAt",
+    "SuffixMHSampler",
+    "Trajectory",
     "log_normaliser",
+    "sampler_for",
 ]

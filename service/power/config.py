@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Literal
 
-__all__ = ["PowerConfig"]
+__all__ = ["POWER_METHODS", "PowerConfig", "PowerMethod"]
+
+PowerMethod = Literal["mh", "smc"]
+POWER_METHODS: tuple[PowerMethod, ...] = ("mh", "smc")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -16,18 +20,29 @@ class PowerConfig:
         PowerConfig(max_tokens=256)                           # the paper's defaults: alpha 4, 10 steps
         PowerConfig(max_tokens=64, alpha=2.0, mcmc_steps=40)  # milder target, better mixed chain
         PowerConfig(max_tokens=64, alpha=math.inf)            # search for the most likely answer
+        PowerConfig(max_tokens=64, method="smc", particles=8) # particles instead of a chain
     """
 
     # Length of the answer, in tokens; also the final horizon of the chain.
     max_tokens: int
+    # "mh": suffix Metropolis-Hastings (mh.py), exact at any number of steps once mixed;
+    # "smc": Power-SMC particles (smc.py), asymptotically exact in the number of particles.
+    method: PowerMethod = "mh"
     # Exponent of the target. 1 is plain sampling; inf is the maximum-likelihood limit, where
     # proposals (then drawn at temperature 1) are accepted only when they raise log p(y | x).
     alpha: float = 4.0
     # Metropolis-Hastings steps after each block (N). Fidelity to p**alpha grows with it: a chain
     # with few steps has not mixed, whatever the implementation.
     mcmc_steps: int = 10
-    # Tokens per block (B); None means max_tokens // 16 (the paper's choice), at least 1.
+    # Tokens per block (B); None means max_tokens // 16 (the paper's choice), at least 1. For SMC,
+    # the tokens particles grow between two reweighting (and possible resampling) points.
     block_size: int | None = None
+    # SMC: number of particles (N), and the share of N under which the effective sample size
+    # triggers resampling.
+    particles: int = 8
+    resample_threshold: float = 0.5
+    # Stop strings: absorbing, like EOS, so the target is p**alpha over answers that end at one.
+    stop: tuple[str, ...] = ()
     # Raw top-k log-probs fetched per proposed token to compute the normalisers zeta_t; exact when
     # k covers the vocabulary, otherwise a lower bound whose error is reported.
     top_logprobs: int = 20
@@ -48,6 +63,16 @@ class PowerConfig:
             raise ValueError(f"block_size must be >= 1, got {self.block_size}")
         if self.top_logprobs < 1:
             raise ValueError(f"top_logprobs must be >= 1, got {self.top_logprobs}")
+        if self.method not in POWER_METHODS:
+            raise ValueError(f"method must be one of {', '.join(POWER_METHODS)}, got {self.method!r}")
+        if self.particles < 1:
+            raise ValueError(f"particles must be >= 1, got {self.particles}")
+        if not 0 <= self.resample_threshold <= 1:
+            raise ValueError(f"resample_threshold must be in [0, 1], got {self.resample_threshold}")
+        if self.method == "smc" and math.isinf(self.alpha):
+            raise ValueError("alpha must be finite with the smc method (its weights vanish at inf)")
+        if self.stream_lag is not None and self.method == "smc":
+            raise ValueError("stream_lag applies to the mh method only (smc streams exactly)")
         if self.stream_lag is not None and self.stream_lag < 0:
             raise ValueError(f"stream_lag must be >= 0, got {self.stream_lag}")
 
@@ -72,8 +97,11 @@ class PowerConfig:
         return 1.0 if math.isinf(self.alpha) else 1.0 / self.alpha
 
     def worst_case_tokens(self) -> int:
-        """Most tokens one chain can make the engine generate: each block's extension plus, per
-        MH step, a proposal that regrows the whole answer up to the block's horizon."""
+        """Most tokens one answer can make the engine generate. MH: each block's extension plus, per
+        step, a proposal that regrows the whole answer up to the block's horizon. SMC: every
+        particle grows to max_tokens."""
+        if self.method == "smc":
+            return self.particles * self.max_tokens
         grow = self.max_tokens
         proposals = self.mcmc_steps * sum(self.horizon(b) for b in range(1, self.num_blocks + 1))
         return grow + proposals

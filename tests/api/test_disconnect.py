@@ -7,7 +7,7 @@ import time
 import httpx
 import pytest
 
-from loadtests.harness import ServiceProcess
+from tests.harness import ServiceProcess
 from tests.conftest import TINY_MODEL_NAME
 
 

@@ -12,7 +12,7 @@ import httpx
 import pytest
 import redis
 
-from loadtests.harness import RedisProcess, ServiceProcess
+from tests.harness import RedisProcess, ServiceProcess
 from tests.conftest import TINY_MODEL_NAME
 
 POWER = f"{TINY_MODEL_NAME}-power"

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from loadtests.harness import ServiceProcess
+from tests.harness import ServiceProcess
 from loadtests.load_report import output_path
 from loadtests.run_load import LOAD_VENV, ROOT
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from loadtests.harness import ServiceProcess
+from tests.harness import ServiceProcess
 from tests.conftest import TINY_MODEL_NAME, TINY_PROMPT
 from tests.oracle import chain_law
 from tests.stats import empirical, total_variation, tv_bound

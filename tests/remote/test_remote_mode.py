@@ -18,7 +18,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from loadtests.harness import PrometheusProcess, ServiceProcess
+from tests.harness import PrometheusProcess, ServiceProcess
 from tests.conftest import TINY_MODEL_NAME, TINY_PROMPT, start_service, tiny_engine_args
 from tests.power.test_exactness import ALPHA, BLOCK, HORIZON, draw, sampler_law
 from tests.stats import empirical, total_variation, tv_bound

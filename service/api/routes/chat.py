@@ -26,7 +26,7 @@ class ChatFormat(ResponseFormat):
             "message": {"role": "assistant", "content": choice.text},
             "logprobs": self._logprobs(choice.token_ids, choice.logprobs, choice.top_logprobs),
             "finish_reason": choice.finish_reason,
-            "self_reward": choice.self_reward,
+            "self_reward": choice.self_reward.to_json(),
         }
 
     def delta(self, delta: ChoiceDelta, *, first: bool) -> dict[str, Any]:
@@ -71,7 +71,7 @@ class ChatFormat(ResponseFormat):
 async def create_chat_completion(
     body: ChatCompletionRequest, request: Request, services: ServicesDep
 ) -> Response:
-    route = services.router.choose(body.model)
+    route = services.completions.route(body.model)
     prompt = services.renderer.encode_chat([message.to_template() for message in body.messages])
     generation = body.to_generation(prompt)
     fmt = ChatFormat(services.renderer, generation.logprobs)
@@ -80,6 +80,7 @@ async def create_chat_completion(
         services,
         route,
         generation,
+        body.cache_control(),
         fmt,
         stream=body.stream,
         include_usage=body.include_usage,

@@ -26,7 +26,7 @@ class CompletionFormat(ResponseFormat):
             "text": choice.text,
             "logprobs": self._logprobs(choice.token_ids, choice.logprobs, choice.top_logprobs),
             "finish_reason": choice.finish_reason,
-            "self_reward": choice.self_reward,
+            "self_reward": choice.self_reward.to_json(),
         }
 
     def delta(self, delta: ChoiceDelta, *, first: bool) -> dict[str, Any]:
@@ -71,7 +71,7 @@ class CompletionFormat(ResponseFormat):
 async def create_completion(
     body: CompletionRequest, request: Request, services: ServicesDep
 ) -> Response:
-    route = services.router.choose(body.model)
+    route = services.completions.route(body.model)
     prompts = []
     for prompt in body.prompts():
         if isinstance(prompt, str):
@@ -85,6 +85,7 @@ async def create_completion(
         services,
         route,
         generation,
+        body.cache_control(),
         fmt,
         stream=body.stream,
         include_usage=body.include_usage,

@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter
 from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from service.metrics import ENGINE_REQUESTS, render_latest
+from service.metrics import render_latest
 
 router = APIRouter(tags=["metrics"])
 
 
 @router.get("/metrics")
-async def metrics(request: Request) -> Response:
-    engine = request.app.state.engine
-    ENGINE_REQUESTS.set(engine.num_running_requests() if engine is not None else 0)
+async def metrics() -> Response:
     return Response(render_latest(), media_type=CONTENT_TYPE_LATEST)

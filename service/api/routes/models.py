@@ -11,7 +11,7 @@ router = APIRouter(prefix="/v1", tags=["models"])
 
 
 def _card(services: ServicesDep, model_id: str) -> ModelCard:
-    route = services.router.choose(model_id)
+    route = services.completions.route(model_id)
     return ModelCard(
         id=route.model_id,
         root=route.base_model,
@@ -22,7 +22,7 @@ def _card(services: ServicesDep, model_id: str) -> ModelCard:
 
 @router.get("/models")
 async def list_models(services: ServicesDep) -> ModelList:
-    return ModelList(data=[_card(services, route.model_id) for route in services.router.routes])
+    return ModelList(data=[_card(services, route.model_id) for route in services.completions.routes])
 
 
 @router.get("/models/{model_id}")

@@ -1,0 +1,227 @@
+"""Step 1 of a request: resolve its defaults and refuse what cannot be served, before any work.
+
+``resolve`` turns the request as the client sent it (``GenerationRequest``, None for "the default")
+into a ``ResolvedRequest``: every default filled in from the settings, the prompt checked against the
+vocabulary and the context, the power route's parameters checked against its target and the worst
+case it can cost checked against the token budget. Everything after this step (the cache key, the
+samplers, the metrics) reads the resolved request only.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from service.config import Settings
+from service.engines.base import DISTILLED_ADAPTER, EngineInfo, SamplingOptions
+from service.errors import ContextLengthError, InvalidRequestError, TokenBudgetError
+from service.generation import GenerationRequest
+from service.pipeline.catalog import ModelRoute, RouteKind
+from service.power import PowerConfig
+
+__all__ = ["POWER_FIELDS", "ResolvedRequest", "resolve"]
+
+# Request fields of the power route only; other routes refuse them.
+POWER_FIELDS = (
+    "power_method",
+    "power_particles",
+    "power_alpha",
+    "mcmc_steps",
+    "block_size",
+    "power_stream_lag",
+)
+# PowerConfig fields -> the request parameters that set them, for error messages.
+_POWER_PARAMS = {
+    "alpha": "power_alpha",
+    "stream_lag": "power_stream_lag",
+    "method": "power_method",
+    "particles": "power_particles",
+}
+
+
+@dataclass(frozen=True, kw_only=True)
+class ResolvedRequest:
+    """A request checked against its route, with every default resolved."""
+
+    route: ModelRoute
+    prompts: tuple[tuple[int, ...], ...]
+    n: int
+    seed: int | None
+    stop: tuple[str, ...]
+    # None: no log-probs in the response; k >= 0: each token's, with k alternatives.
+    logprobs: int | None
+    prompt_param: str
+    # Exactly one of the two: how a plain or distilled choice samples, or how a power choice does.
+    sampling: SamplingOptions | None = None
+    power: PowerConfig | None = None
+
+    @property
+    def num_choices(self) -> int:
+        return self.n * len(self.prompts)
+
+    @property
+    def rescore(self) -> bool:
+        """Score answers under the base model: the distilled model's, so that self-rewards compare."""
+        return self.route.kind is RouteKind.DISTILLED
+
+    @property
+    def worst_case_tokens(self) -> int:
+        """Most tokens this request can make the engine generate."""
+        if self.power is not None:
+            return self.power.worst_case_tokens() * self.num_choices
+        assert self.sampling is not None
+        return self.sampling.max_tokens * self.num_choices
+
+    def cache_fields(self) -> dict[str, Any]:
+        """Everything that determines the answer, defaults resolved: what a cache key must cover."""
+        return {
+            "model": self.route.model_id,
+            "prompts": self.prompts,
+            "n": self.n,
+            "seed": self.seed,
+            "stop": self.stop,
+            "logprobs": self.logprobs,
+            "sampling": None if self.sampling is None else asdict(self.sampling),
+            "power": None if self.power is None else asdict(self.power),
+        }
+
+
+def resolve(
+    route: ModelRoute, request: GenerationRequest, settings: Settings, info: EngineInfo
+) -> ResolvedRequest:
+    if request.n > settings.max_n:
+        raise InvalidRequestError(f"n must be <= {settings.max_n}.", param="n")
+    common: dict[str, Any] = dict(
+        route=route,
+        prompts=request.prompts,
+        n=request.n,
+        seed=request.seed,
+        stop=request.stop,
+        logprobs=request.logprobs,
+        prompt_param=request.prompt_param,
+    )
+    if route.kind is RouteKind.POWER:
+        max_tokens = _max_tokens(request, info, default=settings.power_max_tokens)
+        resolved = ResolvedRequest(**common, power=_power_config(request, settings, max_tokens))
+        _check_budget(resolved, settings.power_token_budget)
+        return resolved
+    for name in POWER_FIELDS:
+        if getattr(request, name) is not None:
+            raise InvalidRequestError(
+                f"`{name}` applies to the power route only (model `{route.base_model}-power`).",
+                param=name,
+            )
+    sampling = SamplingOptions(
+        max_tokens=_max_tokens(request, info, default=settings.default_max_tokens),
+        temperature=1.0 if request.temperature is None else request.temperature,
+        top_p=request.top_p,
+        presence_penalty=request.presence_penalty,
+        frequency_penalty=request.frequency_penalty,
+        stop=request.stop,
+        top_logprobs=request.logprobs or 0,
+        adapter=DISTILLED_ADAPTER if route.kind is RouteKind.DISTILLED else None,
+    )
+    return ResolvedRequest(**common, sampling=sampling)
+
+
+def _power_config(request: GenerationRequest, settings: Settings, max_tokens: int) -> PowerConfig:
+    if request.top_p != 1.0:
+        raise InvalidRequestError(
+            "The power route samples without top-p (its proposal is the full tempered model); "
+            "leave top_p at 1.",
+            param="top_p",
+        )
+    for name in ("presence_penalty", "frequency_penalty"):
+        if getattr(request, name):
+            raise InvalidRequestError(
+                f"`{name}` is not supported on the power route: it would change its target.",
+                param=name,
+            )
+    alpha = _alpha(request, default=settings.power_alpha)
+    # The maximum-likelihood limit (temperature 0) is a search that only MH does.
+    method = request.power_method or ("mh" if math.isinf(alpha) else settings.power_method)
+    if method == "smc":
+        for name in ("mcmc_steps", "power_stream_lag"):
+            if getattr(request, name) is not None:
+                raise InvalidRequestError(
+                    f"`{name}` applies to power_method `mh`; `smc` streams exactly without a lag.",
+                    param=name,
+                )
+    elif request.power_particles is not None:
+        raise InvalidRequestError(
+            "`power_particles` applies to power_method `smc`.", param="power_particles"
+        )
+    try:
+        return PowerConfig(
+            max_tokens=max_tokens,
+            method=method,
+            alpha=alpha,
+            mcmc_steps=settings.power_mcmc_steps if request.mcmc_steps is None else request.mcmc_steps,
+            particles=request.power_particles or settings.power_particles,
+            block_size=request.block_size,
+            top_logprobs=settings.power_top_logprobs,
+            stream_lag=request.power_stream_lag,
+            stop=request.stop,
+            seed=request.seed,
+        )
+    except ValueError as exc:  # PowerConfig names the field first
+        field = str(exc).split()[0]
+        param = _POWER_PARAMS.get(field, field)
+        if field == "alpha" and request.power_alpha is None:
+            param = "temperature"
+        raise InvalidRequestError(str(exc), param=param) from exc
+
+
+def _check_budget(resolved: ResolvedRequest, budget: int) -> None:
+    config = resolved.power
+    assert config is not None
+    worst_case = resolved.worst_case_tokens
+    if worst_case <= budget:
+        return
+    how = (
+        f"particles={config.particles}"
+        if config.method == "smc"
+        else f"mcmc_steps={config.mcmc_steps}, block_size={config.block_tokens}"
+    )
+    fix = "n or power_particles" if config.method == "smc" else "n or mcmc_steps, or raise block_size"
+    raise TokenBudgetError(
+        f"This request could make the engine generate up to {worst_case} tokens "
+        f"({len(resolved.prompts)} prompt(s), n={resolved.n}, max_tokens={config.max_tokens}, "
+        f"{how}), over the limit of {budget}. Lower max_tokens, {fix}.",
+        param="max_tokens",
+    )
+
+
+def _max_tokens(request: GenerationRequest, info: EngineInfo, *, default: int) -> int:
+    """max_tokens as asked, or the route's default capped by the room the prompts leave."""
+    context = info.max_model_len
+    prompt_len = max(len(prompt) for prompt in request.prompts)
+    if prompt_len >= context:
+        raise ContextLengthError(
+            f"This model's maximum context length is {context} tokens; the prompt has {prompt_len}.",
+            param=request.prompt_param,
+        )
+    if request.max_tokens is None:
+        return min(default, context - prompt_len)
+    if prompt_len + request.max_tokens > context:
+        raise ContextLengthError(
+            f"This model's maximum context length is {context} tokens; the prompt has "
+            f"{prompt_len} and max_tokens asks for {request.max_tokens} more.",
+            param="max_tokens",
+        )
+    return request.max_tokens
+
+
+def _alpha(request: GenerationRequest, *, default: float) -> float:
+    """The power route's exponent: power_alpha if given, else 1/temperature (0 -> inf)."""
+    if request.power_alpha is not None:
+        return request.power_alpha
+    if request.temperature is None:
+        return default
+    if request.temperature > 1:
+        raise InvalidRequestError(
+            "On the power route temperature is 1/alpha and must be in [0, 1] (alpha >= 1).",
+            param="temperature",
+        )
+    return math.inf if request.temperature == 0 else 1.0 / request.temperature

@@ -1,0 +1,164 @@
+"""A completion request from start to end: resolve → cache policy → generate → record.
+
+``CompletionService.generate`` and ``.stream`` read top to bottom as the steps a request takes, each
+in the module named after it:
+
+    resolve.py   defaults, checks and the token budget, before any work starts
+    caching.py   whether the response cache may answer, and under which key
+    execute.py   the choices, generated on the engine (plain sampling or a power sampler)
+    metrics      what a computed answer cost and got (service.metrics.record)
+
+Identical concurrent requests that may be cached are computed once (single-flight, per process).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from contextlib import nullcontext
+from dataclasses import dataclass, replace
+
+from service.cache import SingleFlight
+from service.config import Settings
+from service.engines.base import DISTILLED_ADAPTER, Engine
+from service.generation import Choice, ChoiceDelta, GenerationRequest, GenerationResult
+from service.metrics import record
+from service.pipeline.caching import CacheControl, CachePolicy, ResultCache, replay
+from service.pipeline.catalog import ModelRoute, find_route, model_routes
+from service.pipeline.execute import ChoiceGenerator
+from service.pipeline.resolve import ResolvedRequest, resolve
+from service.prompts import PromptRenderer
+
+__all__ = ["AnswerStream", "CompletionService", "StreamEvent"]
+
+_NO_CONTROL = CacheControl()  # the request said nothing about the cache
+
+# What a stream carries: deltas, each whole choice as it ends, and the result last.
+StreamEvent = ChoiceDelta | Choice | GenerationResult
+
+
+@dataclass
+class AnswerStream:
+    """A streamed answer: its cache status (known before the first byte) and its events."""
+
+    cache: str
+    events: AsyncIterator[StreamEvent]
+
+
+class CompletionService:
+    def __init__(
+        self,
+        engine: Engine,
+        renderer: PromptRenderer,
+        settings: Settings,
+        cache: ResultCache,
+    ):
+        self.engine = engine
+        self.renderer = renderer
+        self.settings = settings
+        self.cache = cache
+        self.generator = ChoiceGenerator(engine, renderer)
+        self.routes = model_routes(
+            engine.info.model_id, distilled=DISTILLED_ADAPTER in engine.info.adapters
+        )
+        self._flight: SingleFlight[GenerationResult] = SingleFlight()
+
+    def route(self, model: str) -> ModelRoute:
+        return find_route(model, self.routes)
+
+    def resolve(self, route: ModelRoute, request: GenerationRequest) -> ResolvedRequest:
+        """Step 1; raises (a 4xx) before any work starts."""
+        for prompt in request.prompts:
+            self.renderer.validate_ids(prompt, param=request.prompt_param)
+        return resolve(route, request, self.settings, self.engine.info)
+
+    async def generate(
+        self, resolved: ResolvedRequest, control: CacheControl = _NO_CONTROL
+    ) -> GenerationResult:
+        kind = resolved.route.kind
+        policy = self.cache.policy(resolved, control)
+        if policy is None:
+            record.cache_lookup(kind, "bypass")
+            return await self._compute(resolved)
+        if (cached := await self.cache.lookup(policy)) is not None:
+            record.cache_lookup(kind, "hit")
+            return cached
+        result, shared = await self._flight.run(
+            policy.key, lambda: self._compute_and_store(resolved, policy)
+        )
+        record.cache_lookup(kind, "hit" if shared else "miss")
+        return replace(result, cache="hit" if shared else "miss")
+
+    async def stream(
+        self,
+        resolved: ResolvedRequest,
+        control: CacheControl = _NO_CONTROL,
+        *,
+        began: float | None = None,
+    ) -> AnswerStream:
+        """Open the stream of a resolved request (``began``: when it arrived, for the time to first
+        token). A hit is known before the first byte: a request identical to one being computed
+        waits for that result here, and replays it."""
+        kind = resolved.route.kind
+        began = time.monotonic() if began is None else began
+        policy = self.cache.policy(resolved, control)
+        if policy is None:
+            record.cache_lookup(kind, "bypass")
+            return AnswerStream("bypass", _timed(self._stream_computed(resolved, None), kind, began))
+        cached = await self.cache.lookup(policy)
+        if cached is None:
+            shared = await self._flight.wait(policy.key)
+            cached = None if shared is None else replace(shared, cache="hit")
+        if cached is not None:
+            record.cache_lookup(kind, "hit")
+            return AnswerStream("hit", _timed(replay(cached, self.renderer), kind, began))
+        record.cache_lookup(kind, "miss")
+        return AnswerStream("miss", _timed(self._stream_computed(resolved, policy), kind, began))
+
+    async def _compute(self, resolved: ResolvedRequest) -> GenerationResult:
+        with record.in_flight(resolved.route.kind):
+            choices = [
+                c async for c in self.generator.choices(resolved, stream=False) if isinstance(c, Choice)
+            ]
+        result = self.generator.assemble(resolved, choices)
+        record.answer_computed(resolved.route.kind, result)
+        return result
+
+    async def _compute_and_store(
+        self, resolved: ResolvedRequest, policy: CachePolicy
+    ) -> GenerationResult:
+        result = await self._compute(resolved)
+        await self.cache.store_result(policy, result)
+        return result
+
+    async def _stream_computed(
+        self, resolved: ResolvedRequest, policy: CachePolicy | None
+    ) -> AsyncIterator[StreamEvent]:
+        kind = resolved.route.kind
+        # A cacheable stream leads its single flight: identical requests arriving meanwhile wait.
+        leading = self._flight.lead(policy.key) if policy is not None else nullcontext()
+        with record.in_flight(kind), leading as future:
+            choices: list[Choice] = []
+            async for event in self.generator.choices(resolved, stream=True):
+                if isinstance(event, Choice):
+                    choices.append(event)
+                yield event
+            result = self.generator.assemble(resolved, choices)
+            record.answer_computed(kind, result)
+            if policy is not None and future is not None:
+                result = replace(result, cache="miss")
+                await self.cache.store_result(policy, result)
+                future.set_result(result)
+        yield result
+
+
+async def _timed(
+    events: AsyncIterator[StreamEvent], kind: str, began: float
+) -> AsyncIterator[StreamEvent]:
+    """The events, recording when the first answer token goes out."""
+    waiting = True
+    async for event in events:
+        if waiting and isinstance(event, ChoiceDelta) and event.token_ids:
+            waiting = False
+            record.first_token(kind, time.monotonic() - began)
+        yield event

@@ -1,0 +1,100 @@
+"""What a power answer cost and how its sampler moved: typed, from the sampler to the response."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import ConfigDict
+
+from service.power.config import PowerConfig, PowerMethod
+
+__all__ = ["PowerReport", "SamplerStats"]
+
+
+@dataclass
+class SamplerStats:
+    """One answer's sampler run (an MH chain or an SMC particle system)."""
+
+    method: PowerMethod = "mh"
+    # Every token the engine generated for this answer: growth, proposals (rejected included) and
+    # every particle's tokens.
+    tokens_generated: int = 0
+    # Bound on log pi_alpha(y) - log(what the sampler targets) for the returned answer, from
+    # normalisers computed on top-k log-probs; 0 when they covered the vocabulary.
+    normaliser_error_bound: float = 0.0
+    # MH: proposals made and accepted.
+    proposals: int = 0
+    accepted: int = 0
+    # SMC: resampling events, and the smallest effective sample size seen before one.
+    resamples: int = 0
+    min_ess: float | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        """The fields of the method that ran."""
+        mine = ("proposals", "accepted") if self.method == "mh" else ("resamples", "min_ess")
+        shared = ("tokens_generated", "normaliser_error_bound")
+        return {name: getattr(self, name) for name in (*shared, *mine)}
+
+
+@dataclass
+class PowerReport:
+    """The power route's report of one request, summed over its answers (the ``power`` object)."""
+
+    # alpha = inf (the maximum-likelihood limit) survives the cache's JSON round trip.
+    __pydantic_config__ = ConfigDict(ser_json_inf_nan="strings")
+
+    method: PowerMethod
+    alpha: float
+    block_size: int
+    tokens_generated: int
+    cost_multiplier: float | None
+    normaliser_error_bound: float
+    # MH
+    mcmc_steps: int | None = None
+    stream_lag: int | None = None
+    proposals: int | None = None
+    accepted: int | None = None
+    acceptance_rate: float | None = None
+    # SMC
+    particles: int | None = None
+    resamples: int | None = None
+    min_ess: float | None = None
+
+    @classmethod
+    def summarise(
+        cls, config: PowerConfig, runs: Sequence[SamplerStats], returned_tokens: int
+    ) -> PowerReport:
+        generated = sum(run.tokens_generated for run in runs)
+        report = cls(
+            method=config.method,
+            alpha=config.alpha,
+            block_size=config.block_tokens,
+            tokens_generated=generated,
+            cost_multiplier=generated / returned_tokens if returned_tokens else None,
+            normaliser_error_bound=max((run.normaliser_error_bound for run in runs), default=0.0),
+        )
+        if config.method == "mh":
+            proposals = sum(run.proposals for run in runs)
+            accepted = sum(run.accepted for run in runs)
+            report.mcmc_steps = config.mcmc_steps
+            report.stream_lag = config.stream_lag
+            report.proposals, report.accepted = proposals, accepted
+            report.acceptance_rate = accepted / proposals if proposals else None
+        else:
+            ess = [run.min_ess for run in runs if run.min_ess is not None]
+            report.particles = config.particles
+            report.resamples = sum(run.resamples for run in runs)
+            report.min_ess = min(ess, default=None)
+        return report
+
+    def to_json(self) -> dict[str, Any]:
+        """The response's ``power`` object: the fields of the method that ran (alpha = inf as "inf")."""
+        mh = ("mcmc_steps", "stream_lag", "proposals", "accepted", "acceptance_rate")
+        smc = ("particles", "resamples", "min_ess")
+        skip = smc if self.method == "mh" else mh
+        data = {k: v for k, v in self.__dict__.items() if k not in skip}
+        data["alpha"] = self.alpha if math.isfinite(self.alpha) else "inf"
+        return data

@@ -1,0 +1,162 @@
+"""Power-SMC through the running service: its law on the enumerable model, its report, its stream.
+
+A pure-Python Power-SMC over the tiny model's exact conditionals (tests/smc_reference.py), run 40,000
+times, gives the law the served sampler must follow at each number of particles N; the served answers
+must match it within a sample-size bound, and their distance to p**alpha must fall with N.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import openai
+import pytest
+
+from tests.conftest import TINY_MODEL_NAME, TINY_PROMPT
+from tests.harness import ServiceProcess
+from tests.power.test_exactness import ALPHA, HORIZON, draw
+from tests.smc_reference import smc_law
+from tests.stats import empirical, total_variation, tv_bound
+from tests.tiny_model import EOS_ID, ExactModel
+
+logger = logging.getLogger(__name__)
+
+POWER = f"{TINY_MODEL_NAME}-power"
+REFERENCE_RUNS = 40_000
+SAMPLES = {4: 384, 16: 384, 64: 256}
+
+
+@pytest.fixture(scope="module")
+def exact(tiny_model_dir: Path) -> ExactModel:
+    return ExactModel(tiny_model_dir, TINY_PROMPT)
+
+
+def test_smc_law_matches_the_reference_and_falls_with_particles(
+    tiny_service: ServiceProcess, exact: ExactModel
+) -> None:
+    target = exact.power_distribution(HORIZON, ALPHA)
+    plain = total_variation(exact.tempered_distribution(HORIZON, 1 / ALPHA), target)
+    served: dict[int, float] = {}
+    reference: dict[int, float] = {}
+    for particles, samples in SAMPLES.items():
+        law = smc_law(
+            exact.next_logprobs,
+            absorbing=frozenset({EOS_ID}),
+            alpha=ALPHA,
+            max_tokens=HORIZON,
+            block_size=1,
+            particles=particles,
+            runs=REFERENCE_RUNS,
+        )
+        found = empirical(
+            draw(
+                tiny_service,
+                POWER,
+                requests=1,
+                n=samples,
+                temperature=1 / ALPHA,
+                block_size=1,
+                power_method="smc",
+                power_particles=particles,
+            )
+        )
+        # The reference is itself a sample: its own bound widens the allowance.
+        bound = tv_bound(law, samples) + tv_bound(law, REFERENCE_RUNS)
+        served[particles] = total_variation(found, target)
+        reference[particles] = total_variation(law, target)
+        logger.info(
+            "smc N=%d, %d samples: TV to the reference %.4f (bound %.4f); to p**%g %.4f "
+            "(reference %.4f; plain at temperature 1/alpha %.4f)",
+            particles,
+            samples,
+            total_variation(found, law),
+            bound,
+            ALPHA,
+            served[particles],
+            reference[particles],
+            plain,
+        )
+        assert total_variation(found, law) <= bound
+    # The algorithm's law approaches p**alpha as N grows (the reference has 40,000 runs: exact
+    # enough to order these) ...
+    assert reference[4] > reference[16] > reference[64]
+    # ... and so do the served answers: at 64 particles far below plain low-temperature sampling.
+    assert served[64] < served[4]
+    assert served[64] < plain / 3
+
+
+def test_report_counts_particles_and_resampling(tiny_client: openai.OpenAI) -> None:
+    result = tiny_client.completions.create(
+        model=POWER,
+        prompt="a b",
+        max_tokens=6,
+        n=3,
+        seed=5,
+        extra_body={"power_method": "smc", "power_particles": 8, "block_size": 1},
+    )
+    report = result.model_extra["power"]
+    assert report["method"] == "smc" and report["particles"] == 8
+    assert "proposals" not in report and "mcmc_steps" not in report
+    # Ended particles cost nothing more: never more than N x max_tokens per choice.
+    assert result.usage.completion_tokens <= report["tokens_generated"] <= 3 * 8 * 6
+    assert report["resamples"] >= 1  # alpha 4 over 6 tokens: the weights degenerate
+    assert 1 <= report["min_ess"] < 8 * 0.5
+
+
+def test_choices_are_independent_runs(tiny_client: openai.OpenAI) -> None:
+    """n > 1 runs one particle system per choice, so choices differ, not n copies of one draw."""
+    result = tiny_client.completions.create(
+        model=POWER,
+        prompt="a b",
+        max_tokens=8,
+        n=12,
+        temperature=1.0,  # alpha 1: many likely answers
+        seed=11,
+        extra_body={"power_method": "smc", "power_particles": 4, "block_size": 2},
+    )
+    assert len({c.text for c in result.choices}) > 1
+
+
+def test_stream_sends_the_shared_prefix_as_it_coalesces(tiny_client: openai.OpenAI) -> None:
+    # With 2 particles at alpha 4, resampling often leaves both on one ancestor: its prefix is
+    # final and goes out before the answer ends.
+    early = []
+    for seed in range(6):
+        chunks = list(
+            tiny_client.completions.create(
+                model=POWER,
+                prompt="a b",
+                max_tokens=12,
+                seed=seed,
+                stream=True,
+                extra_body={"power_method": "smc", "power_particles": 2, "block_size": 1},
+            )
+        )
+        pieces = [c.choices[0].text for c in chunks if c.choices and c.choices[0].text]
+        whole = tiny_client.completions.create(
+            model=POWER,
+            prompt="a b",
+            max_tokens=12,
+            seed=seed,
+            extra_body={
+                "power_method": "smc",
+                "power_particles": 2,
+                "block_size": 1,
+                "cache": {"no-cache": True, "no-store": True},
+            },
+        )
+        assert "".join(pieces) == whole.choices[0].text  # the same seeded answer, streamed
+        early.append(len(pieces))
+    assert max(early) > 1, early
+
+
+def test_maximum_likelihood_limit_is_mh_only(tiny_service: ServiceProcess) -> None:
+    import httpx
+
+    body = {"model": POWER, "prompt": "a", "max_tokens": 2, "temperature": 0}
+    assert httpx.post(f"{tiny_service.base_url}/completions", json=body).json()["power"]["method"] == "mh"
+    response = httpx.post(
+        f"{tiny_service.base_url}/completions", json=body | {"power_method": "smc"}, timeout=30
+    )
+    assert response.status_code == 400 and response.json()["error"]["param"] == "temperature"
