@@ -1,4 +1,4 @@
-"""Prometheus metrics of the service: every metric is declared in ``registry.py``."""
+"""Prometheus metrics of the service: ``registry.py`` declares them, ``workers.py`` the workers'."""
 
 from service.metrics.registry import (
     ANSWER_NLL,
@@ -13,14 +13,10 @@ from service.metrics.registry import (
     REQUESTS_IN_FLIGHT,
     TIME_TO_FIRST_TOKEN,
     TOKENS,
-    WORKER_FAILURES,
-    WORKER_IN_FLIGHT,
-    WORKER_PREFIX_CACHE_HIT_RATIO,
-    WORKER_REQUESTS,
-    WORKER_UP,
     prime,
     render_latest,
 )
+from service.metrics.workers import register_worker_pool
 
 __all__ = [
     "ANSWER_NLL",
@@ -35,11 +31,7 @@ __all__ = [
     "REQUEST_LATENCY",
     "TIME_TO_FIRST_TOKEN",
     "TOKENS",
-    "WORKER_FAILURES",
-    "WORKER_IN_FLIGHT",
-    "WORKER_PREFIX_CACHE_HIT_RATIO",
-    "WORKER_REQUESTS",
-    "WORKER_UP",
     "prime",
+    "register_worker_pool",
     "render_latest",
 ]
