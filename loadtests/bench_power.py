@@ -26,9 +26,9 @@ from typing import Any
 
 import httpx
 
-from tests.harness import ServiceProcess
 from service.config import DEFAULT_MODEL_NAME, Settings
 from service.model_store import ensure_default_model
+from tests.harness import ServiceProcess
 
 RESULTS = Path(__file__).parent / "results"
 # Seeds repeat from one run to the next: the service's response cache must stay out of the figures.

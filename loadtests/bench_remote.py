@@ -21,9 +21,9 @@ from pathlib import Path
 import httpx
 
 from loadtests.bench_power import PROMPTS, UNCACHED, messages
-from tests.harness import ServiceProcess
 from service.config import DEFAULT_MODEL_NAME, Settings
 from service.model_store import ensure_default_model
+from tests.harness import ServiceProcess
 
 RESULTS = Path(__file__).parent / "results"
 MODEL = DEFAULT_MODEL_NAME

@@ -22,9 +22,9 @@ from pathlib import Path
 import aiohttp
 import httpx
 
-from tests.harness import RedisProcess, ServiceProcess
 from service.config import DEFAULT_MODEL_NAME, Settings
 from service.model_store import ensure_default_model
+from tests.harness import RedisProcess, ServiceProcess
 
 RESULTS = Path(__file__).parent / "results"
 MODEL = DEFAULT_MODEL_NAME

@@ -34,7 +34,6 @@ from typing import Any
 
 import httpx
 
-from tests.harness import ServiceProcess
 from loadtests.load_report import RouteSummary, output_path, table, write_report
 from loadtests.run_load import (
     OFFLINE_ENV,
@@ -43,6 +42,7 @@ from loadtests.run_load import (
     load_tool,
     served_model,
 )
+from tests.harness import ServiceProcess
 
 TARGETS = ("worker", "gateway")
 

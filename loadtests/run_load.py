@@ -27,8 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tests.harness import ServiceProcess
 from loadtests.load_report import RouteSummary, output_path, percentiles, table, write_report
+from tests.harness import ServiceProcess
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "loadtests" / "results"

@@ -88,14 +88,34 @@ class Settings(BaseSettings):
     worker_probe_timeout_s: float = Field(
         5.0,
         gt=0,
-        description="Health-probe timeout. A worker that misses two probes in a row while answering "
-        "nothing else is marked down; one that keeps answering requests is only busy.",
+        description="Health-probe timeout. A worker that misses worker-stall-probes probes in a row "
+        "while answering nothing else is marked down; one that keeps answering requests is only busy.",
+    )
+    worker_stall_probes: int = Field(
+        2,
+        ge=1,
+        description="Timed-out probes in a row, with nothing else answered meanwhile, that mark a "
+        "worker down.",
+    )
+    worker_backoff_initial_s: float = Field(
+        1.0,
+        gt=0,
+        description="Wait before re-probing a worker found down; it doubles with each failed probe.",
+    )
+    worker_backoff_max_s: float = Field(
+        30.0, gt=0, description="Longest wait between probes of a worker that stays down."
     )
     worker_timeout_s: float = Field(
         60.0,
         gt=0,
-        description="Worker request timeout (plus 0.5 s per requested token), past which a request "
-        "moves to another worker.",
+        description="Worker request timeout (plus worker-timeout-per-token-s per requested token), "
+        "past which a request moves to another worker.",
+    )
+    worker_timeout_per_token_s: float = Field(
+        0.5,
+        ge=0,
+        description="Seconds added to a worker request's timeout per token it asks for: a long answer "
+        "may take long without its worker being stalled.",
     )
 
     # --- requests ------------------------------------------------------------------------------

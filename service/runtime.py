@@ -105,15 +105,21 @@ def build_engine(settings: Settings, model_dir: Path) -> Engine:
     adapters = engine_adapters(settings)
     if settings.workers:
         # The workers load the adapter themselves (powerserve worker serves it as `distilled`).
-        return RemoteEngine(
+        remote = RemoteEngine(
             [url.strip() for url in settings.workers.split(",") if url.strip()],
             model_dir=model_dir,
             model_id=settings.served_model_name,
             adapters=tuple(adapters),
             health_interval_s=settings.worker_health_interval_s,
             probe_timeout_s=settings.worker_probe_timeout_s,
+            stall_probes=settings.worker_stall_probes,
+            backoff_initial_s=settings.worker_backoff_initial_s,
+            backoff_max_s=settings.worker_backoff_max_s,
             request_timeout_s=settings.worker_timeout_s,
+            timeout_per_token_s=settings.worker_timeout_per_token_s,
         )
+        metrics.register_worker_pool(remote.worker_snapshot)
+        return remote
     return LocalEngine(
         engine_arguments(settings, model_dir),
         model_id=settings.served_model_name,
@@ -147,8 +153,7 @@ async def start_services(
         raise
     cache = ResultCache(store, revision=revision, default_ttl_s=settings.cache_ttl_s)
     completions = CompletionService(engine, renderer, settings, cache)
-    workers = [w.url for w in engine.workers] if isinstance(engine, RemoteEngine) else []
-    metrics.prime([route.kind.value for route in completions.routes], workers)
+    metrics.prime([route.kind.value for route in completions.routes])
     metrics.watch_engine(engine.num_running_requests)
     return Services(settings, engine, renderer, completions)
 

@@ -14,8 +14,8 @@ from pathlib import Path
 import openai
 import pytest
 
-from tests.harness import RedisProcess, ServiceProcess
 from service.distill.train import TrainConfig, train_adapter
+from tests.harness import RedisProcess, ServiceProcess
 from tests.tiny_model import build_tiny_model
 
 # The tiny model: seed and weight scale chosen so that p**4 and temperature-1/4 sampling differ a lot

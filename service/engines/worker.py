@@ -1,6 +1,6 @@
 """``powerserve worker``: a stock vLLM OpenAI server with the project's engine settings.
 
-The gateway's remote engine (engines/remote.py) drives a pool of these. They are plain ``vllm serve``
+The gateway's remote engine (engines/remote/) drives a pool of these. They are plain ``vllm serve``
 processes, configured as the in-process engine is: the same dtype, context, KV-cache block size (the
 prefix-cache granularity MCMC cuts reuse), raw log-probs, no sampling defaults from the model's
 generation_config (the gateway sets every sampling parameter), and the distilled adapter as a LoRA

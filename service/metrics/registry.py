@@ -19,6 +19,8 @@ from prometheus_client import (
     generate_latest,
 )
 
+from service.metrics.workers import WORKER_POOL
+
 __all__ = [
     "ANSWER_NLL",
     "CACHE_ERRORS",
@@ -34,11 +36,6 @@ __all__ = [
     "REQUEST_LATENCY",
     "TIME_TO_FIRST_TOKEN",
     "TOKENS",
-    "WORKER_FAILURES",
-    "WORKER_IN_FLIGHT",
-    "WORKER_PREFIX_CACHE_HIT_RATIO",
-    "WORKER_REQUESTS",
-    "WORKER_UP",
     "prime",
     "render_latest",
     "watch_engine",
@@ -48,6 +45,8 @@ __all__ = [
 disable_created_metrics()
 
 REGISTRY = CollectorRegistry()
+# The remote workers' families, from the engine's pool at scrape time (workers.py).
+REGISTRY.register(WORKER_POOL)
 
 # Latencies span milliseconds (a cache hit) to minutes (a long power chain on a CPU).
 _SECONDS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 25, 60, 120, 300, 600)
@@ -130,36 +129,6 @@ CACHE_ERRORS = Counter(
     ["operation"],
     registry=REGISTRY,
 )
-WORKER_UP = Gauge(
-    "powerserve_worker_up",
-    "1 while a remote vLLM worker passes its health checks, else 0.",
-    ["worker"],
-    registry=REGISTRY,
-)
-WORKER_IN_FLIGHT = Gauge(
-    "powerserve_worker_requests_in_flight",
-    "Engine requests the gateway has in flight on each remote worker (its load).",
-    ["worker"],
-    registry=REGISTRY,
-)
-WORKER_REQUESTS = Counter(
-    "powerserve_worker_requests_total",
-    "Engine requests sent to each remote worker.",
-    ["worker"],
-    registry=REGISTRY,
-)
-WORKER_FAILURES = Counter(
-    "powerserve_worker_failures_total",
-    "Times a remote worker was found down (failed request or health check); its work moved on.",
-    ["worker"],
-    registry=REGISTRY,
-)
-WORKER_PREFIX_CACHE_HIT_RATIO = Gauge(
-    "powerserve_worker_prefix_cache_hit_ratio",
-    "Share of prompt tokens each remote worker served from its prefix cache (vLLM's counters).",
-    ["worker"],
-    registry=REGISTRY,
-)
 ENGINE_REQUESTS = Gauge(
     "powerserve_engine_requests",
     "Requests the engine holds now, queued or running (every MCMC proposal is one).",
@@ -167,9 +136,10 @@ ENGINE_REQUESTS = Gauge(
 )
 
 
-def prime(routes: Sequence[str], workers: Sequence[str] = ()) -> None:
+def prime(routes: Sequence[str]) -> None:
     """Create every known label combination at 0, so that dashboards show zero, not "no data",
-    for what has not happened yet (no cache error, no failed worker)."""
+    for what has not happened yet (no cache error). The workers' families need none: their
+    collector shows every worker of the pool, at 0 until it has counted something."""
     for route in routes:
         REQUESTS_IN_FLIGHT.labels(route)
         for kind in ("prompt", "returned", "generated"):
@@ -180,9 +150,6 @@ def prime(routes: Sequence[str], workers: Sequence[str] = ()) -> None:
         POWER_REQUESTS.labels(method)
     for operation in ("get", "set"):
         CACHE_ERRORS.labels(operation)
-    for worker in workers:
-        for metric in (WORKER_UP, WORKER_IN_FLIGHT, WORKER_REQUESTS, WORKER_FAILURES):
-            metric.labels(worker)
 
 
 def watch_engine(num_running_requests: Callable[[], int]) -> None:

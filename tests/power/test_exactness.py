@@ -16,8 +16,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.harness import ServiceProcess
 from tests.conftest import TINY_MODEL_NAME, TINY_PROMPT
+from tests.harness import ServiceProcess
 from tests.oracle import chain_law
 from tests.stats import empirical, total_variation, tv_bound
 from tests.tiny_model import EOS_ID, VOCAB, ExactModel

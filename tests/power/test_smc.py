@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+import httpx
 import openai
 import pytest
 
@@ -152,11 +153,8 @@ def test_stream_sends_the_shared_prefix_as_it_coalesces(tiny_client: openai.Open
 
 
 def test_maximum_likelihood_limit_is_mh_only(tiny_service: ServiceProcess) -> None:
-    import httpx
-
+    url = f"{tiny_service.base_url}/completions"
     body = {"model": POWER, "prompt": "a", "max_tokens": 2, "temperature": 0}
-    assert httpx.post(f"{tiny_service.base_url}/completions", json=body).json()["power"]["method"] == "mh"
-    response = httpx.post(
-        f"{tiny_service.base_url}/completions", json=body | {"power_method": "smc"}, timeout=30
-    )
+    assert httpx.post(url, json=body, timeout=30).json()["power"]["method"] == "mh"
+    response = httpx.post(url, json=body | {"power_method": "smc"}, timeout=30)
     assert response.status_code == 400 and response.json()["error"]["param"] == "temperature"

@@ -18,8 +18,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.harness import PrometheusProcess, ServiceProcess
 from tests.conftest import TINY_MODEL_NAME, TINY_PROMPT, start_service, tiny_engine_args
+from tests.harness import PrometheusProcess, ServiceProcess
 from tests.power.test_exactness import ALPHA, BLOCK, HORIZON, draw, sampler_law
 from tests.stats import empirical, total_variation, tv_bound
 from tests.tiny_model import ExactModel
@@ -53,7 +53,7 @@ def stack(
         gateway = start_service(
             tmp_path_factory,
             "gateway",
-            [*args, "--max-n", "512", "--worker-health-interval-s", "1"],
+            [*args, "--max-n", "512", "--worker-health-interval-s", "1", "--power-method", "mh"],
             env={"POWERSERVE_WORKERS": urls},
         )
         yield Stack(gateway, workers)

@@ -1,0 +1,215 @@
+"""The remote engine: a pool of stock vLLM OpenAI servers (``powerserve worker`` or any ``vllm serve``).
+
+Faults: an active health check polls every worker, backing off while one is down; it is the judge of
+health. A failed probe marks a worker down, except one that merely timed out while the worker kept
+answering requests: a saturated worker on a small machine answers its probe late yet is alive. Only a
+refused connection marks a worker down from a request. Any other failed request (connection lost,
+server error, timeout) moves to another worker; a stream resumes from the tokens it already has, and an
+MCMC proposal simply re-runs from the chain's last accepted state, so the client's request still
+succeeds. A worker marked down releases its in-flight requests at once, and they move too. A worker
+that answers 404 lacks the model or adapter asked for: the request moves to another worker, and only
+when no healthy worker has it does it fail (``EngineError``). With no healthy worker the engine raises
+``EngineUnavailableError`` at once (a 503 with Retry-After).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import AsyncIterator, Callable, Sequence
+from pathlib import Path
+from typing import TypeVar
+
+from service.engines.base import Engine, EngineInfo, Generated, SamplingOptions
+from service.engines.remote import wire
+from service.engines.remote.client import WorkerCannotServe, WorkerClient, WorkerFailed, WorkerRefused
+from service.engines.remote.health import HealthMonitor
+from service.engines.remote.pool import WorkerPool, WorkerSnapshot, WorkerState
+from service.errors import EngineError, EngineUnavailableError, InvalidRequestError
+from service.model_store import eos_token_ids
+
+__all__ = ["RemoteEngine"]
+
+logger = logging.getLogger(__name__)
+
+_T = TypeVar("_T")
+
+
+class RemoteEngine(Engine):
+    def __init__(
+        self,
+        worker_urls: Sequence[str],
+        *,
+        model_dir: Path,
+        model_id: str,
+        adapters: Sequence[str] = (),
+        health_interval_s: float,
+        probe_timeout_s: float,
+        stall_probes: int,
+        backoff_initial_s: float,
+        backoff_max_s: float,
+        request_timeout_s: float,
+        timeout_per_token_s: float,
+        affinity_slots: int = 65536,
+    ):
+        self.pool = WorkerPool(worker_urls, affinity_slots=affinity_slots)
+        self.model_dir = Path(model_dir)
+        self._model_id = model_id
+        self._adapters = tuple(adapters)
+        self._request_timeout_s = request_timeout_s
+        self._timeout_per_token_s = timeout_per_token_s
+        self._client = WorkerClient(request_timeout_s=request_timeout_s)
+        self._monitor = HealthMonitor(
+            self.pool.workers,
+            self._client,
+            interval_s=health_interval_s,
+            probe_timeout_s=probe_timeout_s,
+            stall_probes=stall_probes,
+            backoff_initial_s=backoff_initial_s,
+            backoff_max_s=backoff_max_s,
+        )
+
+    # --- lifecycle -----------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self._client.start()
+        self._monitor.start()
+        while not self.pool.healthy():
+            await asyncio.sleep(0.5)  # bounded by the caller's start timeout
+        lengths = [w.max_model_len for w in self.pool.workers if w.max_model_len is not None]
+        self.info = EngineInfo(
+            model_id=self._model_id,
+            max_model_len=min(lengths),
+            vocab_size=_vocab_size(self.model_dir),
+            eos_token_ids=eos_token_ids(self.model_dir, _tokenizer_eos(self.model_dir)),
+            adapters=self._adapters,
+        )
+        logger.info(
+            "remote engine ready: %d/%d workers healthy (%s)",
+            len(self.pool.healthy()),
+            len(self.pool.workers),
+            ", ".join(w.url for w in self.pool.workers),
+        )
+
+    async def close(self) -> None:
+        await self._monitor.close()
+        await self._client.close()
+
+    async def check_health(self) -> None:
+        if not self.pool.healthy():
+            raise EngineUnavailableError("No healthy vLLM worker.", retry_after=self.pool.retry_after())
+
+    def num_running_requests(self) -> int:
+        return sum(worker.in_flight for worker in self.pool.workers)
+
+    def worker_snapshot(self) -> list[WorkerSnapshot]:
+        """Each worker's health, load and counts now, for the metrics."""
+        return self.pool.snapshot()
+
+    # --- requests ------------------------------------------------------------------------------
+
+    async def generate(
+        self,
+        prompt_ids: Sequence[int],
+        options: SamplingOptions,
+        *,
+        request_id: str | None = None,
+        stream: bool = False,
+        affinity: str | None = None,
+    ) -> AsyncIterator[Generated]:
+        prompt = list(prompt_ids)
+        model = self._model(options.adapter)
+        produced = Generated()
+
+        async def attempt(worker: WorkerState) -> AsyncIterator[Generated]:
+            # Go on from what we have: a stream keeps its tokens, a proposal restarts.
+            remaining = options.max_tokens - len(produced.token_ids)
+            body = wire.completion_body(
+                prompt + produced.token_ids, options, model=model, max_tokens=remaining, stream=stream
+            )
+            if stream:
+                async for event in self._client.stream(worker, body):
+                    part = wire.to_generated(event)
+                    produced.extend(part)
+                    yield part
+            else:
+                result = await self._client.complete(worker, body, timeout_s=self._timeout(remaining))
+                part = wire.to_generated(result)
+                produced.extend(part)
+                yield part
+
+        def finished() -> bool:
+            return produced.finish_reason is not None or len(produced.token_ids) >= options.max_tokens
+
+        async for part in self._on_workers(attempt, affinity=affinity, finished=finished):
+            yield part
+
+    async def score(
+        self, token_ids: Sequence[int], start: int, *, adapter: str | None = None
+    ) -> list[float]:
+        body = wire.score_body(token_ids, model=adapter or self._model_id)
+
+        async def attempt(worker: WorkerState) -> AsyncIterator[list[float]]:
+            result = await self._client.complete(worker, body, timeout_s=self._timeout(1))
+            yield wire.prompt_logprobs(result, token_ids, start)
+
+        [scored] = [logprobs async for logprobs in self._on_workers(attempt, affinity=None)]
+        return scored
+
+    async def _on_workers(
+        self,
+        attempt: Callable[[WorkerState], AsyncIterator[_T]],
+        *,
+        affinity: str | None,
+        finished: Callable[[], bool] = lambda: False,
+    ) -> AsyncIterator[_T]:
+        """Yield what ``attempt`` yields on a worker, running it again on another each time a worker
+        fails it, until one completes it or ``finished()`` says that what came is the whole answer:
+        the failover of every request."""
+        failed: list[WorkerState] = []
+        cannot_serve: list[WorkerState] = []
+        for _ in range(len(self.pool.workers) + 1):
+            worker = self.pool.pick(affinity, avoid=failed, exclude=cannot_serve)
+            try:
+                async for part in attempt(worker):
+                    yield part
+                return
+            except WorkerCannotServe as exc:
+                logger.info("request moves off worker %s, which cannot serve it: %s", worker.url, exc)
+                cannot_serve.append(worker)
+                healthy = self.pool.healthy()
+                if healthy and all(w in cannot_serve for w in healthy):
+                    raise EngineError(f"No vLLM worker can serve this request: {exc}") from exc
+            except WorkerFailed as exc:
+                if isinstance(exc, WorkerRefused):
+                    worker.mark_down(str(exc))
+                else:
+                    logger.info("request moves off worker %s: %s", worker.url, exc)
+                failed.append(worker)
+                if finished():
+                    return
+        raise EngineUnavailableError(
+            "Every vLLM worker failed this request.", retry_after=self.pool.retry_after()
+        )
+
+    def _model(self, adapter: str | None) -> str:
+        """The name the workers serve ``adapter`` under (the base model's when None)."""
+        if adapter is not None and adapter not in self._adapters:
+            raise InvalidRequestError(f"Unknown adapter {adapter!r}.", param="model")
+        return adapter or self._model_id
+
+    def _timeout(self, max_tokens: int) -> float:
+        # A timeout that grows with the answer: past it the request gives up on this worker.
+        return self._request_timeout_s + self._timeout_per_token_s * max_tokens
+
+
+def _vocab_size(model_dir: Path) -> int:
+    return int(json.loads((model_dir / "config.json").read_text())["vocab_size"])
+
+
+def _tokenizer_eos(model_dir: Path) -> int | None:
+    from transformers import AutoTokenizer
+
+    eos = AutoTokenizer.from_pretrained(str(model_dir)).eos_token_id
+    return None if eos is None else int(eos)
