@@ -13,7 +13,7 @@ _LAYOUT = 2
 
 
 def cache_key(*, route: str, revision: str, fields: dict[str, Any]) -> str:
-    """``powerserve:v1:<sha256>`` of the route, the model's revision (weights and adapter) and every
+    """``powerserve:v2:<sha256>`` of the route, the model's revision (weights and adapter) and every
     output-affecting request field (prompt token ids, sampling and power parameters). Not covered:
     stream, stream_options, user, request ids (they change how an answer travels, not what it is)."""
     canonical = json.dumps(

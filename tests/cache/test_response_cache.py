@@ -47,7 +47,7 @@ def test_seeded_request_is_served_from_redis_on_repeat(
     assert second.json()["choices"] == first.json()["choices"]
     assert second.json()["usage"] == first.json()["usage"]
     assert hit_seconds < 0.5
-    keys = redis.Redis.from_url(redis_server.url).keys("powerserve:v1:*")
+    keys = redis.Redis.from_url(redis_server.url).keys("powerserve:v2:*")
     assert keys and redis.Redis.from_url(redis_server.url).ttl(keys[0]) > 0
 
 
@@ -163,7 +163,7 @@ def test_requests_survive_redis_going_away_and_coming_back(
         assert all(r.headers["x-powerserve-cache"] == "miss" for r in down)  # answered, uncached
         assert time.monotonic() - began < 10
         assert tiny_service.metric("powerserve_cache_errors_total", operation="get") >= errors_before + 3
-        warnings = tiny_service.log_tail(400).count("Redis cache unavailable")
+        warnings = tiny_service.log_tail(400).count("response cache unavailable")
         assert warnings == 1  # once per interval, not once per request
     finally:
         redis_server.start()

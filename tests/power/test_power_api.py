@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import math
-
 import httpx
 import openai
 import pytest
@@ -108,13 +106,17 @@ def test_stream_sends_each_answer_when_its_chain_ends(tiny_client: openai.OpenAI
             model=POWER,
             prompt="a b",
             max_tokens=6,
+            logprobs=0,
             stream=True,
+            stream_options={"include_usage": True},
             extra_body={"mcmc_steps": 3, "block_size": 2},
         )
     )
-    content = [c for c in chunks if c.choices and c.choices[0].text]
-    assert len(content) <= 1  # the whole answer at once: nothing is final earlier
-    last = chunks[-1].choices[0]
+    with_tokens = [c for c in chunks if c.choices and c.choices[0].logprobs is not None]
+    # The whole answer at once (every token of it, EOS included): nothing is final earlier.
+    assert len(with_tokens) == 1
+    assert len(with_tokens[0].choices[0].logprobs.tokens) == chunks[-1].usage.completion_tokens
+    last = chunks[-2].choices[0]
     assert last.finish_reason in ("stop", "length")
     assert last.model_extra["power"]["proposals"] == 3 * 3
 
@@ -180,6 +182,8 @@ def test_power_parameters_on_the_plain_route_are_400(tiny_service) -> None:
 
 
 def test_runaway_request_is_refused_before_it_starts(tiny_service) -> None:
+    generated = {"route": "power", "kind": "generated"}
+    before = tiny_service.metric("powerserve_tokens_total", **generated)
     request = {
         "model": POWER,
         "prompt": "a",
@@ -193,4 +197,6 @@ def test_runaway_request_is_refused_before_it_starts(tiny_service) -> None:
     error = response.json()["error"]
     assert error["code"] == "token_budget_exceeded"
     assert "200000" in error["message"]
-    assert math.isfinite(response.elapsed.total_seconds()) and response.elapsed.total_seconds() < 5
+    # Refused before any work: at once, and nothing reached the engine.
+    assert response.elapsed.total_seconds() < 5
+    assert tiny_service.metric("powerserve_tokens_total", **generated) == before
