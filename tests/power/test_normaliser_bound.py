@@ -65,5 +65,6 @@ def test_reported_bound_covers_the_true_error(
         answer = tuple(VOCAB[t] for t in data["choices"][0]["logprobs"]["tokens"])
         errors.append(true_error(exact, answer))
         bounds.append(data["power"]["normaliser_error_bound"])
-    assert all(e <= b + 1e-9 for e, b in zip(errors, bounds, strict=True)), list(zip(errors, bounds))
+    pairs = list(zip(errors, bounds, strict=True))
+    assert all(e <= b + 1e-9 for e, b in pairs), pairs
     assert max(errors) > 0  # k < vocabulary: the normalisers did leave mass out
