@@ -59,6 +59,7 @@ lint: $(STAMP)
 
 # Benchmarks; figures go to loadtests/results/ and the README.
 bench: $(STAMP) model
+	$(BIN)/python -m loadtests.bench_methods
 	$(BIN)/python -m loadtests.bench_power
 
 bench-serving: $(STAMP) model system-deps

@@ -115,6 +115,20 @@ def test_all_steps_of_a_chain_land_on_one_worker(stack: Stack) -> None:
         assert proposals < max(delta) <= proposals + 3  # every proposal, plus up to 3 growth steps
 
 
+def test_smc_particles_of_one_answer_land_on_one_worker(stack: Stack) -> None:
+    """Power-SMC over the workers: every particle of an answer on one worker (a resampled particle
+    continues from its ancestor's prefix, which that worker's cache holds), the law intact."""
+    for _ in range(2):
+        before = stack.requests_by_worker()
+        result = completion(
+            stack, model=POWER, power_method="smc", power_particles=6, block_size=1, seed=None
+        )
+        assert result.status_code == 200, result.text
+        assert result.json()["power"]["method"] == "smc"
+        delta = [after - was for after, was in zip(stack.requests_by_worker(), before, strict=True)]
+        assert sorted(delta)[0] == 0 and 0 < max(delta) <= 6 * 3  # one request per particle per block
+
+
 def test_new_chains_spread_over_the_workers(stack: Stack) -> None:
     before = stack.requests_by_worker()
     assert completion(stack, model=POWER, n=8, mcmc_steps=10, block_size=1).status_code == 200
