@@ -25,8 +25,9 @@ Why this is exact, where the reference code is not:
     length, and both sums cover the whole suffix. Truncating them biases the chain toward short answers.
   - The cut is uniform over |y| positions, so the reverse move is chosen with chance 1/|y'|: the ratio
     gains log |y| - log |y'|. Dropping it leaves the chain off target however long it runs.
-  - Answers that ended keep moving: at later blocks a cut can regrow them to the new horizon. Stopping
-    a chain at EOS, as the reference code does, converges to the wrong distribution.
+  - Answers that ended keep moving: a cut can regrow them. Stopping a chain at EOS, as the reference
+    code does, converges to the wrong distribution. An answer that ended before the last block takes
+    its remaining N steps at the final horizon (the target's own kernel), then the chain is done.
   - Every proposal has its own well-separated seed (engines.base.derive_seed).
 
 Chains only ever await the engine, so all chains of all requests submit proposals concurrently and the
@@ -91,6 +92,22 @@ class SuffixMHSampler:
                 stop_at=stop_at,
             )
 
+        async def mh_step(horizon: int, seed: tuple[int | str, ...]) -> Trajectory:
+            """One Metropolis-Hastings step on ``answer`` at ``horizon``: the chain's next state."""
+            # a. cut, uniform over the unfrozen positions
+            cut = frozen + int(rng.integers(len(answer) - frozen))
+            # b. propose a new suffix from the cut to EOS, a stop or the horizon
+            suffix = await draw(answer.prefix(cut), horizon, seed)
+            candidate = answer.prefix(cut).extended(suffix)
+            stats.proposals += 1
+            stats.tokens_generated += len(suffix)
+            # c. accept or reject
+            log_accept = log_accept_ratio(answer, candidate, cut, frozen, config.alpha)
+            if log_accept >= 0 or rng.random() < math.exp(log_accept):
+                stats.accepted += 1
+                return candidate
+            return answer
+
         for block in range(1, config.num_blocks + 1):
             horizon = config.horizon(block)
 
@@ -104,28 +121,27 @@ class SuffixMHSampler:
                     )
                     frozen = newly_frozen
 
+            # An answer that ended takes its last steps at the final horizon, whose kernel keeps
+            # p**alpha invariant, and the chain is done: regrowing it at every later block's horizon
+            # cost tokens and bought no fidelity (tests/power/test_oracle.py measures both).
+            if answer.ended and block > 1:
+                for step in range(config.mcmc_steps):
+                    if len(answer) <= frozen:
+                        break
+                    answer = await mh_step(config.max_tokens, (block, "final", step))
+                break
+
             # 1. Grow: an answer that has not ended reaches the new horizon.
             if not answer.ended and len(answer) < horizon:
                 growth = await draw(answer, horizon, (block, "grow"))
                 stats.tokens_generated += len(growth)
                 answer = answer.extended(growth)
 
-            # 2. Mix: Metropolis-Hastings steps at this horizon, ended answers included.
+            # 2. Mix: Metropolis-Hastings steps at this horizon.
             for step in range(config.mcmc_steps):
                 if len(answer) <= frozen:
                     break  # everything is frozen: no cut left to make
-                # a. cut, uniform over the unfrozen positions
-                cut = frozen + int(rng.integers(len(answer) - frozen))
-                # b. propose a new suffix from the cut to EOS, a stop or the horizon
-                suffix = await draw(answer.prefix(cut), horizon, (block, step))
-                candidate = answer.prefix(cut).extended(suffix)
-                stats.proposals += 1
-                stats.tokens_generated += len(suffix)
-                # c. accept or reject
-                log_accept = log_accept_ratio(answer, candidate, cut, frozen, config.alpha)
-                if log_accept >= 0 or rng.random() < math.exp(log_accept):
-                    answer = candidate
-                    stats.accepted += 1
+                answer = await mh_step(horizon, (block, step))
 
         stats.normaliser_error_bound = sum(answer.zeta_bounds)
         yield PowerSample(

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import TINY_PROMPT
-from tests.oracle import chain_law
+from tests.oracle import chain_law, chain_run
 from tests.stats import total_variation
-from tests.tiny_model import EOS_ID, ExactModel
+from tests.tiny_model import EOS_ID, ExactModel, build_tiny_model
 
 ALPHA = 2.0
 HORIZON = 3
@@ -54,3 +54,24 @@ def test_stopping_ended_chains_converges_to_the_wrong_law(exact: ExactModel) -> 
 def test_dropping_the_cut_point_correction_leaves_a_bias(exact: ExactModel) -> None:
     assert distance(exact, 40) < 1e-4
     assert distance(exact, 40, cut_correction=False) > 10 * distance(exact, 40)
+
+
+def test_ended_chains_finishing_at_the_final_horizon_cost_less_for_more(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    """A chain whose answer ended takes its last N steps at the final horizon and stops, instead of N
+    steps at every later block's horizon. On a model whose likely answers end early (seed 2: 23% of
+    p**4's mass ends before the horizon), that generates fewer tokens and lands closer to
+    p**alpha, at every number of steps; its stationary law is still exactly p**alpha."""
+    model_dir = build_tiny_model(tmp_path_factory.mktemp("short") / "short", seed=2, weight_scale=10.0)
+    exact = ExactModel(model_dir, TINY_PROMPT)
+    horizon, alpha = 4, 4.0
+    target = exact.power_distribution(horizon, alpha)
+    settings = dict(eos=EOS_ID, alpha=alpha, max_tokens=horizon, block_size=1)
+    for steps in (5, 10):
+        final, final_tokens = chain_run(exact.next_logprobs, mcmc_steps=steps, **settings)
+        every, every_tokens = chain_run(
+            exact.next_logprobs, mcmc_steps=steps, ended_schedule="every_block", **settings
+        )
+        assert final_tokens < every_tokens
+        assert total_variation(final, target) < 0.8 * total_variation(every, target)
