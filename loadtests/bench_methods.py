@@ -5,7 +5,8 @@ The same prompts (chat, ``max_tokens`` 64) on the embedded default model, throug
   (i)  one request at a time, the interactive case: p50 latency and self-reward (mean log p per
        token under the base model) of plain sampling, Power-SMC at several particle counts N,
        suffix MH at 4 steps and blocks of 16, and MH at the route's defaults (10 steps, blocks of
-       max_tokens / 16; on fewer prompts: it is slow);
+       max_tokens / 16; on fewer prompts: it is slow); and, streamed, the time to the first token
+       of plain sampling and of SMC;
   (ii) all prompts at once: the same figures with the cost multiplier, and SMC's generated tokens/s
        against the engine's raw tokens/s at the same number of engine sequences (plain sampling
        with n = N per prompt);
@@ -117,6 +118,47 @@ async def sequential(client: httpx.AsyncClient, base: str, args: argparse.Namesp
     return rows
 
 
+async def time_to_first_token(
+    client: httpx.AsyncClient, base: str, params: dict[str, Any], prompt: str, seed: int, max_tokens: int
+) -> tuple[float, float]:
+    """(seconds to the first streamed content, seconds to the end) of one streamed request."""
+    route = params["model"]
+    model = {"plain": base, "power": f"{base}-power"}[route]
+    body = {"messages": messages(prompt), "max_tokens": max_tokens, "seed": seed, "stream": True}
+    body |= params | UNCACHED | {"model": model}
+    began, first = time.monotonic(), None
+    async with client.stream("POST", "/v1/chat/completions", json=body) as response:
+        response.raise_for_status()
+        async for line in response.aiter_lines():
+            if first is None and line.startswith("data: {"):
+                chunk = json.loads(line[len("data: ") :])
+                if chunk["choices"] and chunk["choices"][0]["delta"].get("content"):
+                    first = time.monotonic() - began
+    total = time.monotonic() - began
+    return (total if first is None else first), total
+
+
+async def streaming(client: httpx.AsyncClient, base: str, args: argparse.Namespace) -> dict:
+    """Time to first token, one streamed request at a time: plain, and SMC (its shared prefix goes
+    out as the particles coalesce)."""
+    rows = {}
+    for name, params in configs(args).items():
+        if name.startswith("mh"):
+            continue  # MH sends its answer when the chain ends: first token = whole answer
+        times = [
+            await time_to_first_token(client, base, params, prompt, 500 + i, args.max_tokens)
+            for i, prompt in enumerate(PROMPTS[: args.prompts])
+        ]
+        rows[name] = {
+            "ttft_p50_s": statistics.median(t for t, _ in times),
+            "total_p50_s": statistics.median(total for _, total in times),
+        }
+        print(f"(i) streamed {name}: {rows[name]}", flush=True)
+    for row in rows.values():
+        row["ttft_over_plain"] = row["ttft_p50_s"] / rows["plain"]["ttft_p50_s"]
+    return rows
+
+
 async def concurrent(client: httpx.AsyncClient, base: str, args: argparse.Namespace) -> dict:
     rows = {}
     for name, params in configs(args).items():
@@ -197,6 +239,16 @@ def table(report: dict) -> str:
             )
             + (f"{share:.2f} |" if share is not None else "- |")
         )
+    lines += [
+        "",
+        "| streamed, one at a time | TTFT p50 s | vs plain | whole answer p50 s |",
+        "|---|---|---|---|",
+    ]
+    for name, row in report["streaming"].items():
+        lines.append(
+            f"| {name} | {row['ttft_p50_s']:.2f} | {row['ttft_over_plain']:.1f}x "
+            f"| {row['total_p50_s']:.1f} |"
+        )
     lines += ["", "| route | held-out accuracy |", "|---|---|"]
     lines += [
         f"| {name} | {row['accuracy']:.1%} ({row['prompts']} prompts) |"
@@ -210,10 +262,17 @@ async def run(service: ServiceProcess, base: str, args: argparse.Namespace) -> d
         await ask(client, base, {"model": "plain"}, PROMPTS[0], 1, 8)  # warm-up
         await ask(client, base, configs(args)[f"smc N={args.particles[0]}"], PROMPTS[0], 1, 8)
         seq = await sequential(client, base, args)
+        streamed = await streaming(client, base, args)
         best = max((n for n in args.particles), key=lambda n: seq[f"smc N={n}"]["gain_per_s"])
         conc = await concurrent(client, base, args)
         acc = await accuracy(client, base, args, best)
-    return {"sequential": seq, "concurrent": conc, "accuracy": acc, "best_smc_particles": best}
+    return {
+        "sequential": seq,
+        "streaming": streamed,
+        "concurrent": conc,
+        "accuracy": acc,
+        "best_smc_particles": best,
+    }
 
 
 def main() -> None:
