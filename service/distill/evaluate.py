@@ -21,7 +21,7 @@ from service.distill.data import PromptItem, answer_is_correct
 from service.distill.teacher import PowerParams, answer, run_bounded
 from service.runtime import Services
 
-__all__ = ["evaluate", "summarise", "write_report"]
+__all__ = ["evaluate", "markdown_table", "summarise", "write_report"]
 
 ROUTES = ("base", "power", "distilled")
 
