@@ -20,6 +20,7 @@ from types import ModuleType
 
 import pytest
 from fastapi import APIRouter
+from fastapi.routing import APIRoute
 
 import service
 
@@ -54,7 +55,7 @@ def _endpoints(module: ModuleType) -> set[str]:
         for router in vars(module).values()
         if isinstance(router, APIRouter)
         for route in router.routes
-        if getattr(route, "endpoint", None) is not None
+        if isinstance(route, APIRoute)
     }
 
 
