@@ -1,9 +1,9 @@
 """The exact law of the power sampler's output on a model whose answers can be enumerated.
 
-``chain_law`` follows service/power/sampler.py step by step, but instead of drawing one cut, one
-proposal and one coin per step it propagates every cut, every proposal and both outcomes with their
-probabilities. The result is the distribution the sampler's answers follow for the given settings;
-its distance to p**alpha shows how far the chain is from mixed, free of sampling noise, and the
+``chain_law`` follows service/power/mh.py (``SuffixMHSampler``) step by step, but instead of drawing
+one cut, one proposal and one coin per step it propagates every cut, every proposal and both outcomes
+with their probabilities. The result is the distribution the sampler's answers follow for the given
+settings; its distance to p**alpha shows how far the chain is from mixed, free of sampling noise, and the
 variants (no cut-point correction, stopping at EOS) show what each fix of the reference code buys.
 """
 
