@@ -18,6 +18,17 @@ async def ticks(name: str, count: int, gate: asyncio.Event | None = None) -> Asy
         await asyncio.sleep(0)
 
 
+async def endless(name: str, cancelled: list[str]) -> AsyncIterator[str]:
+    """Yields ``name`` until cancelled, and notes the cancellation in ``cancelled``."""
+    try:
+        while True:
+            yield name
+            await asyncio.sleep(0.001)
+    except asyncio.CancelledError:
+        cancelled.append(name)
+        raise
+
+
 def test_items_interleave_as_they_come() -> None:
     async def scenario() -> list[str]:
         return [item async for item in merge([ticks("a", 3), ticks("b", 3)])]
@@ -51,15 +62,6 @@ def test_one_iterator_passes_through() -> None:
 def test_the_first_error_is_raised_and_the_others_cancelled() -> None:
     cancelled: list[str] = []
 
-    async def endless(name: str) -> AsyncIterator[str]:
-        try:
-            while True:
-                yield name
-                await asyncio.sleep(0.001)
-        except asyncio.CancelledError:
-            cancelled.append(name)
-            raise
-
     async def failing() -> AsyncIterator[str]:
         yield "f"
         await asyncio.sleep(0.01)
@@ -71,8 +73,9 @@ def test_the_first_error_is_raised_and_the_others_cancelled() -> None:
         raise KeyError("second")
 
     async def scenario() -> None:
+        producers = [endless("x", cancelled), failing(), failing_later(), endless("y", cancelled)]
         with pytest.raises(ValueError, match="first"):
-            async for _ in merge([endless("x"), failing(), failing_later(), endless("y")]):
+            async for _ in merge(producers):
                 pass
 
     asyncio.run(scenario())
@@ -80,27 +83,18 @@ def test_the_first_error_is_raised_and_the_others_cancelled() -> None:
 
 
 def test_leaving_early_cancels_every_producer() -> None:
-    started: list[str] = []
     cancelled: list[str] = []
-
-    async def producer(name: str) -> AsyncIterator[str]:
-        started.append(name)
-        try:
-            while True:
-                yield name
-                await asyncio.sleep(0.001)
-        except asyncio.CancelledError:
-            cancelled.append(name)
-            raise
+    first = asyncio.Event()
 
     async def consumer() -> None:
-        async for _ in merge([producer("a"), producer("b"), producer("c")]):
+        async for _ in merge([endless(name, cancelled) for name in "abc"]):
+            first.set()
             await asyncio.sleep(10)  # the client is gone before this ends
 
     async def scenario() -> None:
         task = asyncio.create_task(consumer())
-        while len(started) < 3:
-            await asyncio.sleep(0.001)
+        await first.wait()
+        await asyncio.sleep(0.01)  # every producer is past its first item
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
@@ -112,17 +106,8 @@ def test_leaving_early_cancels_every_producer() -> None:
 def test_breaking_out_cancels_every_producer_on_close() -> None:
     cancelled: list[str] = []
 
-    async def producer(name: str) -> AsyncIterator[str]:
-        try:
-            while True:
-                yield name
-                await asyncio.sleep(0.001)
-        except asyncio.CancelledError:
-            cancelled.append(name)
-            raise
-
     async def scenario() -> None:
-        merged = merge([producer("a"), producer("b")])
+        merged = merge([endless("a", cancelled), endless("b", cancelled)])
         async for _ in merged:
             break
         await merged.aclose()  # type: ignore[attr-defined]
