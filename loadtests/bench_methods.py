@@ -32,7 +32,8 @@ from typing import Any
 
 import httpx
 
-from loadtests.bench_power import PROMPTS, UNCACHED, messages
+from loadtests.bench_power import UNCACHED
+from loadtests.prompts import PROMPTS, messages
 from service.config import DEFAULT_MODEL_NAME, Settings
 from service.distill.data import DEFAULT_PROMPTS, read_prompts
 from service.distill.evaluate import answer_is_correct

@@ -26,6 +26,7 @@ from typing import Any
 
 import httpx
 
+from loadtests.prompts import PROMPTS, messages
 from service.config import DEFAULT_MODEL_NAME, Settings
 from service.model_store import ensure_default_model
 from tests.harness import ServiceProcess
@@ -33,21 +34,6 @@ from tests.harness import ServiceProcess
 RESULTS = Path(__file__).parent / "results"
 # Seeds repeat from one run to the next: the service's response cache must stay out of the figures.
 UNCACHED = {"cache": {"no-cache": True, "no-store": True}}
-
-PROMPTS = [
-    "Tom has 3 apples and buys 5 more. How many apples does he have?",
-    "A train travels 60 km in one hour. How far does it go in 3 hours?",
-    "What is 12 times 4? Explain briefly.",
-    "Sara had 20 sweets and gave away 7. How many are left?",
-    "Name the largest planet of the solar system and one fact about it.",
-    "A box holds 6 eggs. How many eggs are in 4 boxes?",
-    "Write one sentence about the sea.",
-    "If a shirt costs 15 dollars and is 20 percent off, what does it cost?",
-    "What is the capital of Italy?",
-    "Give a synonym of 'happy'.",
-    "How many legs do three spiders have?",
-    "Spell the word 'garden' backwards.",
-]
 
 
 def parse_args() -> argparse.Namespace:
@@ -70,10 +56,6 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--skip-reference", action="store_true", help="skip (a), the slow baseline")
     parser.add_argument("--out", type=Path, default=RESULTS / "bench_power.json")
     return parser.parse_args()
-
-
-def messages(prompt: str) -> list[dict[str, str]]:
-    return [{"role": "user", "content": prompt}]
 
 
 async def run_batch(

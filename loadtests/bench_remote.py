@@ -20,7 +20,8 @@ from pathlib import Path
 
 import httpx
 
-from loadtests.bench_power import PROMPTS, UNCACHED, messages
+from loadtests.bench_power import UNCACHED
+from loadtests.prompts import PROMPTS, messages
 from service.config import DEFAULT_MODEL_NAME, Settings
 from service.model_store import ensure_default_model
 from tests.harness import ServiceProcess

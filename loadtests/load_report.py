@@ -22,6 +22,8 @@ from typing import Any
 
 import numpy as np
 
+from service.plotting import saved_figure
+
 __all__ = ["RouteSummary", "output_path", "percentiles", "plot_routes", "table", "write_report"]
 
 
@@ -80,15 +82,9 @@ def table(routes: dict[str, RouteSummary]) -> str:
 
 def plot_routes(routes: dict[str, RouteSummary], path: Path, *, title: str = "") -> None:
     """Four panels: latency, streaming latencies, requests/s, tokens/s; one group of bars a route."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     names = list(routes)
     labels = [f"{n}\n({routes[n].errors} errors)" if routes[n].errors else n for n in names]
     x = np.arange(len(names))
-    fig, axes = plt.subplots(2, 2, figsize=(max(10, 1.6 * len(names) + 4), 8))
 
     def bars(ax: Any, series: dict[str, list[float]], ylabel: str) -> None:
         width = 0.8 / max(1, len(series))
@@ -102,21 +98,21 @@ def plot_routes(routes: dict[str, RouteSummary], path: Path, *, title: str = "")
     def pick(field: str, rank: str) -> list[float]:
         return [(getattr(routes[n], field) or {}).get(rank, 0.0) for n in names]
 
-    bars(axes[0][0], {f"latency {r}": pick("latency_s", r) for r in ("p50", "p95", "p99")}, "seconds")
-    axes[0][0].set_title("request latency")
-    streaming = {f"TTFT {r}": pick("ttft_s", r) for r in ("p50", "p95")}
-    streaming |= {f"ITL {r}": pick("itl_s", r) for r in ("p50", "p95")}
-    bars(axes[0][1], streaming, "seconds")
-    axes[0][1].set_title("streaming: time to first token, inter-token latency")
-    bars(axes[1][0], {"requests/s": [routes[n].requests_per_s for n in names]}, "requests/s")
-    axes[1][0].set_title("throughput (completed requests)")
-    tokens = {
-        "generated tokens/s": [routes[n].generated_tokens_per_s for n in names],
-        "returned tokens/s": [routes[n].completion_tokens_per_s for n in names],
-    }
-    bars(axes[1][1], tokens, "tokens/s")
-    axes[1][1].set_title("token throughput")
-    fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    size = (max(10, 1.6 * len(names) + 4), 8)
+    with saved_figure(path, dpi=100, nrows=2, ncols=2, figsize=size) as (fig, axes):
+        latency = {f"latency {r}": pick("latency_s", r) for r in ("p50", "p95", "p99")}
+        bars(axes[0][0], latency, "seconds")
+        axes[0][0].set_title("request latency")
+        streaming = {f"TTFT {r}": pick("ttft_s", r) for r in ("p50", "p95")}
+        streaming |= {f"ITL {r}": pick("itl_s", r) for r in ("p50", "p95")}
+        bars(axes[0][1], streaming, "seconds")
+        axes[0][1].set_title("streaming: time to first token, inter-token latency")
+        bars(axes[1][0], {"requests/s": [routes[n].requests_per_s for n in names]}, "requests/s")
+        axes[1][0].set_title("throughput (completed requests)")
+        tokens = {
+            "generated tokens/s": [routes[n].generated_tokens_per_s for n in names],
+            "returned tokens/s": [routes[n].completion_tokens_per_s for n in names],
+        }
+        bars(axes[1][1], tokens, "tokens/s")
+        axes[1][1].set_title("token throughput")
+        fig.suptitle(title)

@@ -16,7 +16,8 @@ tokens, cache header, error); loadtests/run_load.py computes its summary from th
 
 Every option is a locust custom argument and an environment variable (LOAD_MODEL_ID, LOAD_MAX_TOKENS,
 LOAD_WEIGHT_POWER, ...). Unset, the model is the first plain route GET /v1/models lists, so the same
-file also drives a bare vLLM worker (plain and stream only). Runs in .venv-load (locust brings gevent):
+file also drives a bare vLLM worker (plain and stream only). Runs in .venv-load (locust brings gevent),
+from the repository root: it imports loadtests/prompts.py, the benchmarks' prompts.
 
     .venv-load/bin/locust -f loadtests/locustfile.py --host http://127.0.0.1:8000 \\
         --headless --users 4 --spawn-rate 4 --run-time 30s --weight-power 2
@@ -35,24 +36,12 @@ import requests
 from locust import HttpUser, events, task
 from locust.env import Environment
 
+from loadtests.prompts import PROMPTS, messages
+
 logger = logging.getLogger(__name__)
 
 KINDS = ("plain", "power", "distilled", "cached", "stream")
 ROUTE_SUFFIXES = {"plain": "", "power": "-power", "distilled": "-distilled"}
-
-# Short, so that they fit the tiny test model's 64-token context with the answer.
-PROMPTS = [
-    "Tom has 3 apples and buys 5 more. How many apples does he have?",
-    "A train travels 60 km in one hour. How far does it go in 3 hours?",
-    "What is 12 times 4? Explain briefly.",
-    "Sara had 20 sweets and gave away 7. How many are left?",
-    "Write one sentence about the sea.",
-    "If a shirt costs 15 dollars and is 20 percent off, what does it cost?",
-    "What is the capital of Italy?",
-    "Give a synonym of 'happy'.",
-    "How many legs do three spiders have?",
-    "Spell the word 'garden' backwards.",
-]
 
 
 @events.init_command_line_parser.add_listener
@@ -122,7 +111,7 @@ def request_body(
 ) -> dict[str, Any]:
     body: dict[str, Any] = {
         "model": route,
-        "messages": [{"role": "user", "content": prompt}],
+        "messages": messages(prompt),
         "max_tokens": options.max_tokens,
     }
     if route.endswith(ROUTE_SUFFIXES["power"]):  # the gateway refuses these on other routes

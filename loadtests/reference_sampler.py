@@ -1,6 +1,6 @@
 """The reference algorithm, implemented the straightforward way: for the benchmark's baseline.
 
-Karan & Du's Algorithm 1 (with the same fixes as service/power/sampler.py, so that both compute the
+Karan & Du's Algorithm 1 (with the same fixes as service/power/mh.py, so that both compute the
 same thing) on Hugging Face ``generate``: one chain at a time, every proposal a fresh ``generate``
 call that re-reads its whole prefix, as the paper's code runs. Only the engine differs.
 """

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 from collections import defaultdict
 from dataclasses import dataclass
@@ -121,8 +122,15 @@ def run_locust(args: argparse.Namespace, url: str, samples: Path, locust_args: l
         "--samples-out", str(samples),
         *locust_args,
     ]  # fmt: skip
+    # The locustfile imports loadtests.prompts: the repository must be importable from any cwd.
+    path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)
     # Bounded whatever happens: the run, the drain, and a minute for start-up and reports.
-    subprocess.run(command, check=True, timeout=args.seconds + args.stop_timeout + 60)
+    subprocess.run(
+        command,
+        check=True,
+        timeout=args.seconds + args.stop_timeout + 60,
+        env=os.environ | {"PYTHONPATH": path},
+    )
 
 
 def summarise(samples: list[dict[str, Any]]) -> tuple[float, dict[str, RouteSummary]]:

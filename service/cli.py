@@ -20,7 +20,7 @@ from pydantic_settings import BaseSettings, CliApp, CliSubCommand, SettingsConfi
 from service.config import Settings
 from service.distill.commands import Distill
 
-__all__ = ["main"]
+__all__ = ["Powerserve", "PrepareModel", "Serve", "Worker", "configure_logging", "main"]
 
 
 def configure_logging(level: str) -> None:

@@ -33,6 +33,8 @@ __all__ = [
     "Services",
     "build_engine",
     "build_store",
+    "engine_adapters",
+    "engine_arguments",
     "resolve_adapter",
     "resolve_model_dir",
     "running_services",

@@ -2,7 +2,7 @@
 
 A vocabulary of four tokens (three words and an end-of-sequence token) and two layers: small enough that
 vLLM loads it in seconds and that the exact distribution over all answers of a short horizon can be
-computed by brute force (``exact_answer_distribution``), which the exactness tests compare samples with.
+computed by brute force (``ExactModel``), which the exactness tests compare samples with.
 """
 
 from __future__ import annotations

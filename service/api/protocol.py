@@ -31,6 +31,7 @@ __all__ = [
     "ModelCard",
     "ModelList",
     "StreamOptions",
+    "TextPart",
     "Usage",
     "new_id",
     "now",

@@ -23,7 +23,7 @@ from service.distill.teacher import PowerParams, generate_teacher, pending
 from service.distill.train import TrainConfig, train_adapter
 from service.runtime import resolve_model_dir, running_services
 
-__all__ = ["Distill"]
+__all__ = ["All", "Distill", "Eval", "Generate", "Train"]
 
 logger = logging.getLogger(__name__)
 

@@ -19,9 +19,10 @@ from typing import Any
 
 from service.distill.data import PromptItem, answer_is_correct
 from service.distill.teacher import PowerParams, answer, run_bounded
+from service.plotting import saved_figure
 from service.runtime import Services
 
-__all__ = ["evaluate", "summarise", "write_report"]
+__all__ = ["evaluate", "markdown_table", "summarise", "write_report"]
 
 ROUTES = ("base", "power", "distilled")
 
@@ -127,24 +128,16 @@ def markdown_table(summary: dict[str, Any], meta: dict) -> str:
 
 
 def _plot(summary: dict[str, Any], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    figure, axis = plt.subplots(figsize=(6, 4))
     colours = {"base": "tab:gray", "power": "tab:red", "distilled": "tab:blue"}
-    for route, row in summary["routes"].items():
-        x, y = row["cost_per_returned_token"], row["self_reward_per_token"]
-        axis.scatter([x], [y], s=80, color=colours.get(route), label=route, zorder=3)
-        axis.annotate(route, (x, y), textcoords="offset points", xytext=(8, 4))
-    axis.set_xscale("log", base=2)
-    costs = [row["cost_per_returned_token"] for row in summary["routes"].values()]
-    axis.set_xlim(min(costs) / 1.5, max(costs) * 2)  # room for the labels
-    axis.set_xlabel("tokens generated per returned token (cost, log scale)")
-    axis.set_ylabel("self-reward: mean log p per token (base model)")
-    axis.set_title("power vs distilled vs plain sampling")
-    axis.grid(alpha=0.3)
-    figure.tight_layout()
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
+    with saved_figure(path, dpi=120, figsize=(6, 4)) as (_, axis):
+        for route, row in summary["routes"].items():
+            x, y = row["cost_per_returned_token"], row["self_reward_per_token"]
+            axis.scatter([x], [y], s=80, color=colours.get(route), label=route, zorder=3)
+            axis.annotate(route, (x, y), textcoords="offset points", xytext=(8, 4))
+        axis.set_xscale("log", base=2)
+        costs = [row["cost_per_returned_token"] for row in summary["routes"].values()]
+        axis.set_xlim(min(costs) / 1.5, max(costs) * 2)  # room for the labels
+        axis.set_xlabel("tokens generated per returned token (cost, log scale)")
+        axis.set_ylabel("self-reward: mean log p per token (base model)")
+        axis.set_title("power vs distilled vs plain sampling")
+        axis.grid(alpha=0.3)

@@ -25,6 +25,7 @@ from typing import Any
 from tqdm import tqdm
 
 from service.distill.data import read_jsonl
+from service.plotting import saved_figure
 
 __all__ = ["TrainConfig", "train_adapter"]
 
@@ -153,17 +154,9 @@ def train_adapter(model_dir: Path, teacher: Path, out: Path, config: TrainConfig
 
 
 def _plot_loss(losses: list[float], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    figure, axis = plt.subplots(figsize=(6, 3.5))
-    axis.plot(range(1, len(losses) + 1), losses, linewidth=1)
-    axis.set_xlabel("step")
-    axis.set_ylabel("loss on teacher answers (nats/token)")
-    axis.set_title("power self-distillation")
-    axis.grid(alpha=0.3)
-    figure.tight_layout()
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
+    with saved_figure(path, dpi=120, figsize=(6, 3.5)) as (_, axis):
+        axis.plot(range(1, len(losses) + 1), losses, linewidth=1)
+        axis.set_xlabel("step")
+        axis.set_ylabel("loss on teacher answers (nats/token)")
+        axis.set_title("power self-distillation")
+        axis.grid(alpha=0.3)

@@ -5,8 +5,8 @@ model (no temperature, top-p or penalties applied) and, when asked, the top-k ra
 of its position. Routes never see vLLM: plain sampling, the power sampler and the distilled model are
 all built from ``generate`` calls, as vLLM's own beam search is built from its ``EngineClient``.
 
-To add a backend, implement ``generate`` (and ``start``/``close``/``check_health``); ``complete`` and
-``score`` come with it.
+To add a backend, implement ``generate``, ``score`` and ``check_health`` (``start`` and ``close`` if
+it holds resources); ``complete`` comes with it.
 """
 
 from __future__ import annotations
@@ -150,9 +150,12 @@ class Engine(abc.ABC):
     async def score(
         self, token_ids: Sequence[int], start: int, *, adapter: str | None = None
     ) -> list[float]:
-        """Raw log p of ``token_ids[t]`` given ``token_ids[:t]``, for every ``t >= start``.
+        """Raw log p of ``token_ids[t]`` given ``token_ids[:t]``, for every ``t >= start``, under the
+        base model or ``adapter``.
 
-        One prefill pass; used to measure an answer's self-reward under the base model.
+        One prefill pass. The distilled route calls it (service/pipeline/execute.py) to score its
+        answers under the base model, so that their self-reward compares with the other routes',
+        whose sampled log-probs already are the base model's.
         """
 
     def num_running_requests(self) -> int:

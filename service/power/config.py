@@ -47,7 +47,7 @@ class PowerConfig:
     # k covers the vocabulary, otherwise a lower bound whose error is reported.
     top_logprobs: int = 20
     # Freeze blocks older than this many blocks and stream them early; None keeps the sampler
-    # exact (nothing is final until the chain ends). See PowerSampler.run.
+    # exact (nothing is final until the chain ends). See SuffixMHSampler.run.
     stream_lag: int | None = None
     # Makes the chain reproducible: cut points, acceptances and every proposal are derived from it.
     seed: int | None = None

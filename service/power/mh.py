@@ -48,7 +48,7 @@ from service.power.proposal import StopAt, Trajectory, propose
 from service.power.report import SamplerStats
 from service.power.sample import FinalTokens, PowerSample
 
-__all__ = ["SuffixMHSampler"]
+__all__ = ["SuffixMHSampler", "log_accept_ratio"]
 
 
 class SuffixMHSampler:

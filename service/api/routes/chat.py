@@ -12,10 +12,12 @@ from service.api.protocol import ChatCompletionRequest
 from service.api.serving import ResponseFormat, respond
 from service.generation import Choice, ChoiceDelta
 
+__all__ = ["router"]
+
 router = APIRouter(prefix="/v1", tags=["chat"])
 
 
-class ChatFormat(ResponseFormat):
+class _ChatFormat(ResponseFormat):
     object_name = "chat.completion"
     chunk_object_name = "chat.completion.chunk"
     id_prefix = "chatcmpl"
@@ -74,7 +76,7 @@ async def create_chat_completion(
     route = services.completions.route(body.model)
     prompt = services.renderer.encode_chat([message.to_template() for message in body.messages])
     generation = body.to_generation(prompt)
-    fmt = ChatFormat(services.renderer, generation.logprobs)
+    fmt = _ChatFormat(services.renderer, generation.logprobs)
     return await respond(
         request,
         services,

@@ -12,10 +12,12 @@ from service.api.protocol import CompletionRequest
 from service.api.serving import ResponseFormat, respond
 from service.generation import Choice, ChoiceDelta
 
+__all__ = ["router"]
+
 router = APIRouter(prefix="/v1", tags=["completions"])
 
 
-class CompletionFormat(ResponseFormat):
+class _CompletionFormat(ResponseFormat):
     object_name = "text_completion"
     chunk_object_name = "text_completion"
     id_prefix = "cmpl"
@@ -79,7 +81,7 @@ async def create_completion(
         else:
             prompts.append(list(prompt))
     generation = body.to_generation(prompts)
-    fmt = CompletionFormat(services.renderer, generation.logprobs)
+    fmt = _CompletionFormat(services.renderer, generation.logprobs)
     return await respond(
         request,
         services,

@@ -6,6 +6,8 @@ from fastapi import APIRouter, Request
 
 from service.errors import EngineUnavailableError
 
+__all__ = ["router"]
+
 router = APIRouter(tags=["health"])
 
 

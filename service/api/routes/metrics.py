@@ -8,6 +8,8 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from service.metrics import render_latest
 
+__all__ = ["router"]
+
 router = APIRouter(tags=["metrics"])
 
 

@@ -7,6 +7,8 @@ from fastapi import APIRouter
 from service.api.deps import ServicesDep
 from service.api.protocol import ModelCard, ModelList
 
+__all__ = ["router"]
+
 router = APIRouter(prefix="/v1", tags=["models"])
 
 

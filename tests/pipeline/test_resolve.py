@@ -1,0 +1,205 @@
+"""Step 1 of a request: defaults come from the settings, and what cannot be served is refused with
+the parameter to blame, before any work."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+from typing import Any
+
+import pytest
+
+from service.config import Settings
+from service.engines.base import DISTILLED_ADAPTER, EngineInfo
+from service.errors import ContextLengthError, InvalidRequestError, TokenBudgetError
+from service.generation import GenerationRequest
+from service.pipeline import POWER_FIELDS, ModelRoute, RouteKind, resolve
+
+INFO = EngineInfo(model_id="m", max_model_len=4096, vocab_size=8, eos_token_ids=frozenset({3}))
+PLAIN = ModelRoute("m", RouteKind.PLAIN, "m")
+POWER = ModelRoute("m-power", RouteKind.POWER, "m")
+DISTILLED = ModelRoute("m-distilled", RouteKind.DISTILLED, "m")
+REQUEST = GenerationRequest(prompts=((1, 2, 3),))
+SETTINGS = Settings()
+
+# Power fields set to a valid value each, for the routes that must refuse them.
+POWER_VALUES: dict[str, Any] = {
+    "power_method": "mh",
+    "power_particles": 4,
+    "power_alpha": 2.0,
+    "mcmc_steps": 2,
+    "block_size": 4,
+    "power_stream_lag": 1,
+}
+
+
+def refused(route: ModelRoute, request: GenerationRequest, settings: Settings = SETTINGS) -> str | None:
+    """The parameter a refusal names."""
+    with pytest.raises(InvalidRequestError) as raised:
+        resolve(route, request, settings, INFO)
+    return raised.value.param
+
+
+# --- defaults --------------------------------------------------------------------------------------
+
+
+def test_plain_defaults() -> None:
+    resolved = resolve(PLAIN, REQUEST, SETTINGS, INFO)
+    assert resolved.power is None and resolved.sampling is not None
+    assert resolved.sampling.max_tokens == SETTINGS.default_max_tokens
+    assert resolved.sampling.temperature == 1.0
+    assert resolved.sampling.adapter is None
+    assert not resolved.rescore
+
+
+def test_default_max_tokens_is_capped_by_the_room_the_prompt_leaves() -> None:
+    small = replace(INFO, max_model_len=64)
+    assert resolve(PLAIN, REQUEST, SETTINGS, small).sampling.max_tokens == 61  # type: ignore[union-attr]
+    assert resolve(POWER, REQUEST, SETTINGS, small).power.max_tokens == 61  # type: ignore[union-attr]
+
+
+def test_the_distilled_route_samples_its_adapter_and_is_rescored() -> None:
+    resolved = resolve(DISTILLED, REQUEST, SETTINGS, INFO)
+    assert resolved.sampling is not None and resolved.sampling.adapter == DISTILLED_ADAPTER
+    assert resolved.rescore
+
+
+def test_power_defaults_come_from_the_settings() -> None:
+    for settings in (Settings(), Settings(power_method="mh", power_mcmc_steps=3, power_max_tokens=32)):
+        config = resolve(POWER, REQUEST, settings, INFO).power
+        assert config is not None
+        assert config.method == settings.power_method
+        assert config.alpha == settings.power_alpha
+        assert config.particles == settings.power_particles
+        assert config.mcmc_steps == settings.power_mcmc_steps
+        assert config.max_tokens == settings.power_max_tokens
+        assert config.top_logprobs == settings.power_top_logprobs
+
+
+def test_power_temperature_is_one_over_alpha() -> None:
+    config = resolve(POWER, replace(REQUEST, temperature=0.5), SETTINGS, INFO).power
+    assert config is not None and config.alpha == 2.0
+    config = resolve(POWER, replace(REQUEST, temperature=0.5, power_alpha=3.0), SETTINGS, INFO).power
+    assert config is not None and config.alpha == 3.0  # power_alpha wins
+
+
+def test_power_temperature_zero_is_the_mh_search() -> None:
+    """The maximum-likelihood limit is a search only MH does, whatever the default method."""
+    assert SETTINGS.power_method == "smc"
+    config = resolve(POWER, replace(REQUEST, temperature=0), SETTINGS, INFO).power
+    assert config is not None and config.method == "mh" and math.isinf(config.alpha)
+
+
+def test_the_request_overrides_power_defaults() -> None:
+    request = replace(REQUEST, power_method="mh", mcmc_steps=0, block_size=4, power_stream_lag=1)
+    config = resolve(POWER, replace(request, max_tokens=16, seed=5), SETTINGS, INFO).power
+    assert config is not None
+    assert (config.method, config.mcmc_steps, config.block_size) == ("mh", 0, 4)
+    assert (config.stream_lag, config.max_tokens, config.seed) == (1, 16, 5)
+    smc = resolve(POWER, replace(REQUEST, power_method="smc", power_particles=3), SETTINGS, INFO)
+    assert smc.power is not None and smc.power.particles == 3
+
+
+# --- refusals --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("route", [PLAIN, DISTILLED])
+@pytest.mark.parametrize("field", POWER_FIELDS)
+def test_power_fields_are_refused_off_the_power_route(route: ModelRoute, field: str) -> None:
+    assert refused(route, replace(REQUEST, **{field: POWER_VALUES[field]})) == field
+
+
+def test_every_power_field_has_a_test_value() -> None:
+    assert set(POWER_VALUES) == set(POWER_FIELDS)
+
+
+@pytest.mark.parametrize("field", ["mcmc_steps", "power_stream_lag"])
+def test_mh_fields_are_refused_with_smc(field: str) -> None:
+    request = replace(REQUEST, power_method="smc", **{field: POWER_VALUES[field]})
+    assert refused(POWER, request) == field
+
+
+def test_particles_are_refused_with_mh() -> None:
+    assert refused(POWER, replace(REQUEST, power_method="mh", power_particles=4)) == "power_particles"
+    # Temperature 0 means MH even when the default is SMC.
+    assert refused(POWER, replace(REQUEST, temperature=0, power_particles=4)) == "power_particles"
+
+
+@pytest.mark.parametrize(
+    ("change", "param"),
+    [
+        ({"top_p": 0.9}, "top_p"),
+        ({"presence_penalty": 0.5}, "presence_penalty"),
+        ({"frequency_penalty": 0.5}, "frequency_penalty"),
+        ({"temperature": 1.5}, "temperature"),  # alpha < 1
+        ({"power_alpha": 0.5}, "power_alpha"),
+        ({"power_method": "smc", "power_alpha": math.inf}, "power_alpha"),
+        ({"power_method": "mh", "block_size": 0}, "block_size"),
+    ],
+)
+def test_power_parameters_out_of_range_name_their_field(change: dict[str, Any], param: str) -> None:
+    assert refused(POWER, replace(REQUEST, **change)) == param
+
+
+def test_top_p_is_accepted_off_the_power_route() -> None:
+    resolved = resolve(PLAIN, replace(REQUEST, top_p=0.9), SETTINGS, INFO)
+    assert resolved.sampling is not None and resolved.sampling.top_p == 0.9
+
+
+@pytest.mark.parametrize("route", [PLAIN, POWER])
+def test_the_context_is_checked(route: ModelRoute) -> None:
+    context = INFO.max_model_len
+    too_long = replace(REQUEST, prompts=((1,) * context,), prompt_param="messages")
+    with pytest.raises(ContextLengthError) as raised:
+        resolve(route, too_long, SETTINGS, INFO)
+    assert (raised.value.code, raised.value.param) == ("context_length_exceeded", "messages")
+
+    fills = replace(REQUEST, max_tokens=context - 3)
+    resolve(route, fills, SETTINGS, INFO)  # the prompt plus max_tokens fit exactly
+    with pytest.raises(ContextLengthError) as raised:
+        resolve(route, replace(fills, max_tokens=context - 2), SETTINGS, INFO)
+    assert (raised.value.code, raised.value.param) == ("context_length_exceeded", "max_tokens")
+
+
+def test_the_longest_prompt_counts() -> None:
+    prompts = ((1,), (1,) * (INFO.max_model_len - 4))
+    assert refused(PLAIN, replace(REQUEST, prompts=prompts, max_tokens=5)) == "max_tokens"
+
+
+@pytest.mark.parametrize("route", [PLAIN, POWER, DISTILLED])
+def test_n_is_capped(route: ModelRoute) -> None:
+    settings = Settings(max_n=4)
+    resolve(route, replace(REQUEST, n=4), settings, INFO)
+    assert refused(route, replace(REQUEST, n=5), settings) == "n"
+
+
+# --- cost ------------------------------------------------------------------------------------------
+
+# MH, 8 tokens in blocks of 4, 2 steps per block: the answer grows 8 tokens, and each step proposes a
+# suffix regrown up to the block's horizon: 2 * 4 after block 1, 2 * 8 after block 2.
+MH = replace(REQUEST, n=2, max_tokens=8, power_method="mh", block_size=4, mcmc_steps=2)
+MH_WORST_CASE = 2 * (8 + 2 * 4 + 2 * 8)
+# SMC: each of 3 particles grows to 8 tokens; two prompts, one choice each.
+SMC = replace(REQUEST, prompts=((1,), (2,)), max_tokens=8, power_method="smc", power_particles=3)
+SMC_WORST_CASE = 2 * 3 * 8
+
+
+def test_worst_case_tokens() -> None:
+    assert resolve(POWER, MH, SETTINGS, INFO).worst_case_tokens == MH_WORST_CASE
+    assert resolve(POWER, SMC, SETTINGS, INFO).worst_case_tokens == SMC_WORST_CASE
+    plain = replace(REQUEST, prompts=((1,), (2,)), n=3, max_tokens=8)
+    assert resolve(PLAIN, plain, SETTINGS, INFO).worst_case_tokens == 2 * 3 * 8
+
+
+@pytest.mark.parametrize(("request_", "worst_case"), [(MH, MH_WORST_CASE), (SMC, SMC_WORST_CASE)])
+def test_the_token_budget_refuses_the_worst_case(request_: GenerationRequest, worst_case: int) -> None:
+    resolve(POWER, request_, Settings(power_token_budget=worst_case), INFO)
+    with pytest.raises(TokenBudgetError) as raised:
+        resolve(POWER, request_, Settings(power_token_budget=worst_case - 1), INFO)
+    assert (raised.value.code, raised.value.param) == ("token_budget_exceeded", "max_tokens")
+    assert str(worst_case) in raised.value.message
+
+
+def test_the_budget_binds_the_power_route_only() -> None:
+    huge = replace(REQUEST, n=16, max_tokens=4000)
+    resolve(PLAIN, huge, Settings(power_token_budget=1), INFO)
