@@ -81,8 +81,9 @@ def validate_lines(content: bytes, endpoint: str) -> tuple[list[BatchLine], list
             )
         if not isinstance(body, dict):
             problem("missing_required_parameter", number, "body must be a JSON object.", "body")
+        if isinstance(custom_id, str):
+            seen.add(custom_id)
         if not problems:
-            seen.add(str(custom_id))
             lines.append(BatchLine(len(lines), str(custom_id), dict(body)))  # type: ignore[arg-type]
     if not objects:
         problem("empty_file", None, "The input file holds no requests.")
