@@ -164,6 +164,44 @@ class Settings(BaseSettings):
     cache_ttl_s: float = Field(3600.0, gt=0, description="How long a cached answer lives, by default.")
     cache_max_entries: int = Field(1024, ge=1, description="Size of the in-process LRU (without Redis).")
 
+    # --- files and batches (service/jobs) -----------------------------------------------------------
+    state_dir: Path | None = Field(
+        None,
+        description="Where uploaded files, batch and fine-tuning job state live (SQLite and files); "
+        "unset: <cache-dir>/state.",
+    )
+    files_max_bytes: int = Field(
+        100 * 1024 * 1024, ge=1, description="Largest file accepted by POST /v1/files (413 above)."
+    )
+    files_max_lines: int = Field(
+        50_000, ge=1, description="Most JSONL lines (requests) in one uploaded file (400 above)."
+    )
+    batch_concurrency: int = Field(
+        8, ge=1, description="Batch lines in flight at once while no interactive request runs."
+    )
+    batch_busy_concurrency: int = Field(
+        1,
+        ge=0,
+        description="Batch lines in flight at once while interactive requests run (batch work "
+        "yields to them; 0 pauses batches while any runs).",
+    )
+    batch_yield_s: float = Field(
+        2.0,
+        ge=0,
+        description="Batches stay at their busy share this long after the last interactive "
+        "request ended.",
+    )
+    batch_priority: int = Field(
+        10,
+        ge=1,
+        description="vLLM scheduling priority of batch lines' engine requests (interactive ones have "
+        "0; lower runs first).",
+    )
+
+    @property
+    def resolved_state_dir(self) -> Path:
+        return self.state_dir if self.state_dir is not None else self.cache_dir / "state"
+
     @model_validator(mode="after")
     def _check(self) -> Settings:
         if self.model is not None and not self.model.is_dir():

@@ -7,6 +7,8 @@ Every layer raises these; only ``service.api.errors`` turns them into HTTP respo
     │   ├── ContextLengthError         prompt + answer exceed the model's context (400)
     │   └── TokenBudgetError           a power request would generate too many tokens (400)
     ├── ModelNotFoundError             no route serves the requested model (404)
+    ├── ResourceNotFoundError          no file, batch or job has the id asked for (404)
+    ├── PayloadTooLargeError           an upload exceeds the size cap (413)
     ├── EngineUnavailableError         the engine is starting, dead or has no healthy worker (503)
     └── EngineError                    the engine failed on this request (500)
 
@@ -21,7 +23,9 @@ __all__ = [
     "EngineUnavailableError",
     "InvalidRequestError",
     "ModelNotFoundError",
+    "PayloadTooLargeError",
     "PowerserveError",
+    "ResourceNotFoundError",
     "TokenBudgetError",
 ]
 
@@ -72,3 +76,17 @@ class EngineError(PowerserveError):
 
     def __init__(self, message: str):
         super().__init__(message, code="engine_error")
+
+
+class ResourceNotFoundError(PowerserveError):
+    """No file, batch or fine-tuning job has the id asked for."""
+
+    def __init__(self, kind: str, resource_id: str, *, param: str | None = None):
+        super().__init__(f"No {kind} with id `{resource_id}`.", param=param, code="not_found")
+
+
+class PayloadTooLargeError(PowerserveError):
+    """An upload exceeds the service's size cap."""
+
+    def __init__(self, message: str, *, param: str | None = None):
+        super().__init__(message, param=param, code="file_too_large")

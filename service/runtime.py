@@ -91,6 +91,8 @@ def engine_arguments(settings: Settings, model_dir: Path) -> dict[str, Any]:
         # vLLM's own Prometheus metrics (tokens per step, prefix-cache hits, queue) are served
         # beside ours on /metrics; nothing is logged unless asked.
         disable_log_stats=False,
+        # Requests carry a priority (batch lines yield to interactive ones: service/jobs).
+        scheduling_policy="priority",
     )
     if settings.kv_block_size is not None:
         arguments["block_size"] = settings.kv_block_size

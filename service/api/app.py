@@ -17,6 +17,7 @@ from fastapi import FastAPI
 
 from service import __version__
 from service.api.errors import install_error_handlers
+from service.api.jobs import JobsRuntime
 from service.api.observe import RequestMetrics
 from service.api.routes import api_router
 from service.config import Settings
@@ -41,6 +42,7 @@ async def _start_services(app: FastAPI, settings: Settings) -> None:
         os.kill(os.getpid(), signal.SIGTERM)
         return
     app.state.services = services
+    app.state.jobs.start(services)  # batches resume where a previous process left them
     routes = [route.model_id for route in services.completions.routes]
     logger.info("serving %s on http://%s:%d/v1", routes, settings.host, settings.port)
 
@@ -50,11 +52,13 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     app.state.engine = None
     app.state.services = None
     app.state.store = build_store(app.state.settings)
+    app.state.jobs = JobsRuntime(app.state.settings)  # files and batches, on disk
     starting = asyncio.create_task(_start_services(app, app.state.settings))
     try:
         yield
     finally:
         starting.cancel()
+        await app.state.jobs.close()
         await app.state.store.close()
         if app.state.engine is not None:
             await app.state.engine.close()

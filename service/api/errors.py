@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+from collections.abc import Sequence
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -22,10 +23,18 @@ from service.errors import (
     EngineUnavailableError,
     InvalidRequestError,
     ModelNotFoundError,
+    PayloadTooLargeError,
     PowerserveError,
+    ResourceNotFoundError,
 )
 
-__all__ = ["error_body", "error_response", "install_error_handlers", "status_of"]
+__all__ = [
+    "error_body",
+    "error_response",
+    "install_error_handlers",
+    "status_of",
+    "validation_error_body",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -43,8 +52,10 @@ _STATUS_TYPES = {
 def status_of(exc: PowerserveError) -> int:
     if isinstance(exc, InvalidRequestError):
         return 400
-    if isinstance(exc, ModelNotFoundError):
+    if isinstance(exc, ModelNotFoundError | ResourceNotFoundError):
         return 404
+    if isinstance(exc, PayloadTooLargeError):
+        return 413
     if isinstance(exc, EngineUnavailableError):
         return 503
     if isinstance(exc, EngineError):
@@ -79,13 +90,12 @@ def _validation_param(error: dict[str, Any]) -> str | None:
     return ".".join(n for n in names if not _UNION_BRANCH.match(n)) or None
 
 
-async def _on_validation_error(request: Request, exc: Exception) -> JSONResponse:
-    assert isinstance(exc, RequestValidationError)
-    errors = exc.errors()
+def validation_error_body(errors: Sequence[Any]) -> dict:
+    """The 400 body of a request that failed validation (pydantic's error list), naming the
+    parameter: the same for an HTTP body and for a batch line's body."""
     first = errors[0] if errors else {}
     if first.get("type") == "json_invalid":
-        body = error_body(400, "The request body is not valid JSON.", code="invalid_json")
-        return JSONResponse(body, status_code=400)
+        return error_body(400, "The request body is not valid JSON.", code="invalid_json")
     param = _validation_param(first)
     message = str(first.get("msg", "Invalid request."))
     if message.startswith("Value error, "):
@@ -95,7 +105,12 @@ async def _on_validation_error(request: Request, exc: Exception) -> JSONResponse
     if len(errors) > 1:
         message += f" (and {len(errors) - 1} more problem{'s' if len(errors) > 2 else ''})"
     body = error_body(400, message, param=param, code="invalid_value")
-    return JSONResponse(json.loads(json.dumps(body, default=str)), status_code=400)
+    return dict(json.loads(json.dumps(body, default=str)))
+
+
+async def _on_validation_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    return JSONResponse(validation_error_body(exc.errors()), status_code=400)
 
 
 async def _on_service_error(request: Request, exc: Exception) -> JSONResponse:

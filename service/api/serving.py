@@ -10,6 +10,7 @@ from __future__ import annotations
 import abc
 import time
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Any
 
 from fastapi import Request
@@ -22,7 +23,7 @@ from service.generation import Choice, ChoiceDelta, GenerationRequest, Generatio
 from service.pipeline import CacheControl, ModelRoute, RouteKind, StreamEvent
 from service.prompts import PromptRenderer
 
-__all__ = ["CACHE_HEADER", "ResponseFormat", "respond"]
+__all__ = ["CACHE_HEADER", "Prepared", "ResponseFormat", "answer_body", "respond"]
 
 CACHE_HEADER = "x-powerserve-cache"
 
@@ -57,6 +58,43 @@ class ResponseFormat(abc.ABC):
         return ranked[: self.top_logprobs or 0]
 
 
+@dataclass(frozen=True)
+class Prepared:
+    """A parsed completion request, ready to serve: what an endpoint makes of its body (the HTTP
+    route and a batch line alike)."""
+
+    route: ModelRoute
+    generation: GenerationRequest
+    control: CacheControl
+    fmt: ResponseFormat
+    stream: bool
+    include_usage: bool
+
+
+async def answer_body(services: Services, prepared: Prepared) -> tuple[dict[str, Any], str]:
+    """Serve a prepared request whole: the response body, and its cache status (hit, miss, bypass).
+    Raises the service's errors (a 4xx before any work starts)."""
+    fmt, route = prepared.fmt, prepared.route
+    response_id, created = new_id(fmt.id_prefix), now()
+    completions = services.completions
+    resolved = completions.resolve(route, prepared.generation)
+    result = await completions.generate(resolved, prepared.control)
+    return _body(result, fmt, response_id, created, route), result.cache
+
+
+def _body(
+    result: GenerationResult, fmt: ResponseFormat, response_id: str, created: int, route: ModelRoute
+) -> dict[str, Any]:
+    return {
+        "id": response_id,
+        "object": fmt.object_name,
+        "created": created,
+        "model": route.model_id,
+        "choices": [fmt.choice(choice) for choice in result.choices],
+        "usage": _usage(result),
+    } | _extensions(result)
+
+
 async def respond(
     request: Request,
     services: Services,
@@ -81,14 +119,7 @@ async def respond(
         result = await cancel_on_disconnect(request, completions.generate(resolved, control))
     except ClientDisconnected:
         return Response(status_code=499)  # nobody is listening; the work has been cancelled
-    body = {
-        "id": response_id,
-        "object": fmt.object_name,
-        "created": created,
-        "model": route.model_id,
-        "choices": [fmt.choice(choice) for choice in result.choices],
-        "usage": _usage(result),
-    } | _extensions(result)
+    body = _body(result, fmt, response_id, created, route)
     return JSONResponse(body, headers={CACHE_HEADER: result.cache})
 
 

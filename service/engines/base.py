@@ -12,9 +12,11 @@ it holds resources); ``complete`` comes with it.
 from __future__ import annotations
 
 import abc
+import contextvars
 import hashlib
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 __all__ = [
@@ -23,13 +25,36 @@ __all__ = [
     "EngineInfo",
     "Generated",
     "SamplingOptions",
+    "current_priority",
     "derive_seed",
     "new_request_id",
+    "scheduling_priority",
 ]
 
 
 # The name under which engines serve the power-self-distilled LoRA adapter (the -distilled route).
 DISTILLED_ADAPTER = "distilled"
+
+
+# The engine scheduling priority of the requests made in this context (lower runs first; 0 is
+# interactive). Batch work sets it once around a whole answer, so every engine request of that
+# answer (each MCMC proposal, each SMC step, the scoring pass) inherits it, tasks included.
+_PRIORITY: contextvars.ContextVar[int] = contextvars.ContextVar("engine_priority", default=0)
+
+
+def current_priority() -> int:
+    return _PRIORITY.get()
+
+
+@contextmanager
+def scheduling_priority(priority: int) -> Iterator[None]:
+    """Engine requests made inside run at ``priority`` (engines that cannot schedule by priority
+    ignore it)."""
+    token = _PRIORITY.set(priority)
+    try:
+        yield
+    finally:
+        _PRIORITY.reset(token)
 
 
 def new_request_id(prefix: str = "gen") -> str:

@@ -16,7 +16,14 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from service.engines.base import Engine, EngineInfo, Generated, SamplingOptions, new_request_id
+from service.engines.base import (
+    Engine,
+    EngineInfo,
+    Generated,
+    SamplingOptions,
+    current_priority,
+    new_request_id,
+)
 from service.errors import EngineError, EngineUnavailableError, InvalidRequestError
 from service.model_store import eos_token_ids
 
@@ -65,6 +72,7 @@ class LocalEngine(Engine):
         self._llm: Any = None  # vllm AsyncLLM, imported lazily: only engines/ touches vLLM
         self._lora_requests: dict[str, Any] = {}
         self._starting = False
+        self._priority_scheduling = engine_args.get("scheduling_policy") == "priority"
 
     # --- lifecycle -----------------------------------------------------------------------------
 
@@ -203,7 +211,11 @@ class LocalEngine(Engine):
             lora = self._lora_requests[adapter]
         try:
             # Cancellation (client gone) propagates into AsyncLLM.generate, which aborts the request.
-            async for output in self._llm.generate(prompt, params, request_id, lora_request=lora):
+            # The priority (batch work yields) counts only under scheduling_policy="priority".
+            priority = current_priority() if self._priority_scheduling else 0
+            async for output in self._llm.generate(
+                prompt, params, request_id, lora_request=lora, priority=priority
+            ):
                 yield output
         except EngineDeadError as exc:
             raise EngineUnavailableError("The engine has died; the service needs a restart.") from exc

@@ -14,6 +14,9 @@ from typing import TYPE_CHECKING
 
 from service.metrics.registry import (
     ANSWER_NLL,
+    BATCH_LINES,
+    BATCH_QUEUE_DEPTH,
+    BATCHES,
     CACHE_ERRORS,
     CACHE_LOOKUPS,
     POWER_ACCEPTANCE_RATE,
@@ -32,6 +35,9 @@ if TYPE_CHECKING:
 
 __all__ = [
     "answer_computed",
+    "batch_finished",
+    "batch_line",
+    "batch_queue_depth",
     "cache_error",
     "cache_lookup",
     "first_token",
@@ -91,3 +97,18 @@ def answer_computed(route: str, result: GenerationResult) -> None:
     for choice in result.choices:
         if power.method == "smc" and choice.sampler is not None:
             POWER_SMC_RESAMPLES.observe(choice.sampler.resamples)
+
+
+def batch_line(result: str) -> None:
+    """A batch line answered; ``result``: completed (status 200) or failed."""
+    BATCH_LINES.labels(result).inc()
+
+
+def batch_finished(status: str) -> None:
+    """A batch reached a final status."""
+    BATCHES.labels(status).inc()
+
+
+def batch_queue_depth(lines: int) -> None:
+    """Lines of the running batch not answered yet."""
+    BATCH_QUEUE_DEPTH.set(lines)

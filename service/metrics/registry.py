@@ -23,6 +23,9 @@ from service.metrics.workers import WORKER_POOL
 
 __all__ = [
     "ANSWER_NLL",
+    "BATCHES",
+    "BATCH_LINES",
+    "BATCH_QUEUE_DEPTH",
     "CACHE_ERRORS",
     "CACHE_LOOKUPS",
     "ENGINE_REQUESTS",
@@ -135,6 +138,26 @@ ENGINE_REQUESTS = Gauge(
     registry=REGISTRY,
 )
 
+# Files, batches and fine-tuning jobs (service/jobs).
+BATCH_LINES = Counter(
+    "powerserve_batch_lines_total",
+    "Batch lines answered, by result (completed: status 200; failed: any other); rate() is lines "
+    "per second.",
+    ["result"],
+    registry=REGISTRY,
+)
+BATCHES = Counter(
+    "powerserve_batches_total",
+    "Batches that reached a final status (completed, failed, cancelled, expired).",
+    ["status"],
+    registry=REGISTRY,
+)
+BATCH_QUEUE_DEPTH = Gauge(
+    "powerserve_batch_queue_depth",
+    "Lines of the batch being worked on that are not answered yet (queued or in flight).",
+    registry=REGISTRY,
+)
+
 
 def prime(routes: Sequence[str]) -> None:
     """Create every known label combination at 0, so that dashboards show zero, not "no data",
@@ -150,6 +173,10 @@ def prime(routes: Sequence[str]) -> None:
         POWER_REQUESTS.labels(method)
     for operation in ("get", "set"):
         CACHE_ERRORS.labels(operation)
+    for result in ("completed", "failed"):
+        BATCH_LINES.labels(result)
+    for status in ("completed", "failed", "cancelled", "expired"):
+        BATCHES.labels(status)
 
 
 def watch_engine(num_running_requests: Callable[[], int]) -> None:

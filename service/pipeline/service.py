@@ -14,13 +14,13 @@ Identical concurrent requests that may be cached are computed once (single-fligh
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
-from contextlib import nullcontext
+from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, replace
 
 from service.cache import SingleFlight
 from service.config import Settings
-from service.engines.base import DISTILLED_ADAPTER, Engine
+from service.engines.base import DISTILLED_ADAPTER, Engine, current_priority
 from service.generation import Choice, ChoiceDelta, GenerationRequest, GenerationResult
 from service.metrics import record
 from service.pipeline.caching import CacheControl, CachePolicy, ResultCache, replay
@@ -62,6 +62,27 @@ class CompletionService:
             engine.info.model_id, distilled=DISTILLED_ADAPTER in engine.info.adapters
         )
         self._flight: SingleFlight[GenerationResult] = SingleFlight()
+        # Answers being computed at interactive priority (0) now, and when the last one ended
+        # (time.monotonic): batch work yields to them.
+        self.interactive_in_flight = 0
+        self.interactive_ended_at = float("-inf")
+
+    def interactive_busy(self, within_s: float) -> bool:
+        """Whether an interactive answer is being computed, or ended less than ``within_s`` ago
+        (a client's next request usually follows its last one closely)."""
+        recent = time.monotonic() - self.interactive_ended_at < within_s
+        return self.interactive_in_flight > 0 or recent
+
+    @contextmanager
+    def _computing(self) -> Iterator[None]:
+        interactive = current_priority() == 0
+        self.interactive_in_flight += interactive
+        try:
+            yield
+        finally:
+            self.interactive_in_flight -= interactive
+            if interactive:
+                self.interactive_ended_at = time.monotonic()
 
     def route(self, model: str) -> ModelRoute:
         return find_route(model, self.routes)
@@ -116,7 +137,7 @@ class CompletionService:
         return AnswerStream("miss", _timed(self._stream_computed(resolved, policy), kind, began))
 
     async def _compute(self, resolved: ResolvedRequest) -> GenerationResult:
-        with record.in_flight(resolved.route.kind):
+        with record.in_flight(resolved.route.kind), self._computing():
             choices = [
                 c async for c in self.generator.choices(resolved, stream=False) if isinstance(c, Choice)
             ]
@@ -137,7 +158,7 @@ class CompletionService:
         kind = resolved.route.kind
         # A cacheable stream leads its single flight: identical requests arriving meanwhile wait.
         leading = self._flight.lead(policy.key) if policy is not None else nullcontext()
-        with record.in_flight(kind), leading as future:
+        with record.in_flight(kind), self._computing(), leading as future:
             choices: list[Choice] = []
             async for event in self.generator.choices(resolved, stream=True):
                 if isinstance(event, Choice):

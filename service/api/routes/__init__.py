@@ -2,10 +2,10 @@
 
 from fastapi import APIRouter
 
-from service.api.routes import chat, completions, health, metrics, models
+from service.api.routes import batches, chat, completions, files, health, metrics, models
 
 api_router = APIRouter()
-for module in (health, metrics, models, completions, chat):
+for module in (health, metrics, models, completions, chat, files, batches):
     api_router.include_router(module.router)
 
 __all__ = ["api_router"]

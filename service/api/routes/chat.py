@@ -7,12 +7,12 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
-from service.api.deps import ServicesDep
+from service.api.deps import Services, ServicesDep
 from service.api.protocol import ChatCompletionRequest
-from service.api.serving import ResponseFormat, respond
+from service.api.serving import Prepared, ResponseFormat, respond
 from service.generation import Choice, ChoiceDelta
 
-__all__ = ["router"]
+__all__ = ["prepare_chat", "router"]
 
 router = APIRouter(prefix="/v1", tags=["chat"])
 
@@ -69,21 +69,27 @@ class _ChatFormat(ResponseFormat):
         }
 
 
-@router.post("/chat/completions", response_model=None)
-async def create_chat_completion(
-    body: ChatCompletionRequest, request: Request, services: ServicesDep
-) -> Response:
+def prepare_chat(body: ChatCompletionRequest, services: Services) -> Prepared:
+    """What /v1/chat/completions makes of a body (also a batch line's)."""
     route = services.completions.route(body.model)
     prompt = services.renderer.encode_chat([message.to_template() for message in body.messages])
     generation = body.to_generation(prompt)
     fmt = _ChatFormat(services.renderer, generation.logprobs)
+    return Prepared(route, generation, body.cache_control(), fmt, body.stream, body.include_usage)
+
+
+@router.post("/chat/completions", response_model=None)
+async def create_chat_completion(
+    body: ChatCompletionRequest, request: Request, services: ServicesDep
+) -> Response:
+    prepared = prepare_chat(body, services)
     return await respond(
         request,
         services,
-        route,
-        generation,
-        body.cache_control(),
-        fmt,
-        stream=body.stream,
-        include_usage=body.include_usage,
+        prepared.route,
+        prepared.generation,
+        prepared.control,
+        prepared.fmt,
+        stream=prepared.stream,
+        include_usage=prepared.include_usage,
     )

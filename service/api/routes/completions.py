@@ -7,12 +7,12 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
-from service.api.deps import ServicesDep
+from service.api.deps import Services, ServicesDep
 from service.api.protocol import CompletionRequest
-from service.api.serving import ResponseFormat, respond
+from service.api.serving import Prepared, ResponseFormat, respond
 from service.generation import Choice, ChoiceDelta
 
-__all__ = ["router"]
+__all__ = ["prepare_completion", "router"]
 
 router = APIRouter(prefix="/v1", tags=["completions"])
 
@@ -69,10 +69,8 @@ class _CompletionFormat(ResponseFormat):
         }
 
 
-@router.post("/completions", response_model=None)
-async def create_completion(
-    body: CompletionRequest, request: Request, services: ServicesDep
-) -> Response:
+def prepare_completion(body: CompletionRequest, services: Services) -> Prepared:
+    """What /v1/completions makes of a body (also a batch line's)."""
     route = services.completions.route(body.model)
     prompts = []
     for prompt in body.prompts():
@@ -82,13 +80,21 @@ async def create_completion(
             prompts.append(list(prompt))
     generation = body.to_generation(prompts)
     fmt = _CompletionFormat(services.renderer, generation.logprobs)
+    return Prepared(route, generation, body.cache_control(), fmt, body.stream, body.include_usage)
+
+
+@router.post("/completions", response_model=None)
+async def create_completion(
+    body: CompletionRequest, request: Request, services: ServicesDep
+) -> Response:
+    prepared = prepare_completion(body, services)
     return await respond(
         request,
         services,
-        route,
-        generation,
-        body.cache_control(),
-        fmt,
-        stream=body.stream,
-        include_usage=body.include_usage,
+        prepared.route,
+        prepared.generation,
+        prepared.control,
+        prepared.fmt,
+        stream=prepared.stream,
+        include_usage=prepared.include_usage,
     )

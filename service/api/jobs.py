@@ -1,0 +1,84 @@
+"""The gateway's offline work: the job store, opened at start-up, and the batch worker, started once
+the engine is up. A batch line is answered here exactly as its HTTP endpoint answers a body: the same
+request models, the same preparation, the same request path and the same error bodies."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from pydantic import ValidationError
+
+from service.api.errors import error_body, status_of, validation_error_body
+from service.api.protocol import ChatCompletionRequest, CompletionRequest
+from service.api.routes.chat import prepare_chat
+from service.api.routes.completions import prepare_completion
+from service.api.serving import Prepared, answer_body
+from service.config import Settings
+from service.engines.base import scheduling_priority
+from service.errors import InvalidRequestError, PowerserveError
+from service.jobs import BatchWorker, JobStore
+from service.runtime import Services
+
+__all__ = ["JobsRuntime", "answer_line"]
+
+logger = logging.getLogger(__name__)
+
+
+async def answer_line(
+    services: Services, endpoint: str, body: dict[str, Any], *, priority: int
+) -> tuple[int, dict[str, Any]]:
+    """One batch line: (status, body) as ``POST endpoint`` with ``body`` would answer, its engine
+    requests at ``priority``."""
+    try:
+        prepared: Prepared
+        if endpoint == "/v1/chat/completions":
+            prepared = prepare_chat(ChatCompletionRequest.model_validate(body), services)
+        else:
+            prepared = prepare_completion(CompletionRequest.model_validate(body), services)
+        if prepared.stream:
+            raise InvalidRequestError("stream is not supported in a batch.", param="stream")
+        with scheduling_priority(priority):
+            payload, _cache = await answer_body(services, prepared)
+        return 200, payload
+    except ValidationError as exc:
+        return 400, validation_error_body(exc.errors())
+    except PowerserveError as exc:
+        status = status_of(exc)
+        return status, error_body(status, exc.message, param=exc.param, code=exc.code)
+    except Exception:
+        logger.exception("a batch line failed unexpectedly")
+        return 500, error_body(500, "The server had an internal error.", code="internal_error")
+
+
+class JobsRuntime:
+    """The store (files need no engine) and, once ``start`` is given the services, the worker."""
+
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.store = JobStore(settings.resolved_state_dir)
+        self.worker: BatchWorker | None = None
+
+    def start(self, services: Services) -> None:
+        settings = self.settings
+
+        async def answer(endpoint: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+            return await answer_line(services, endpoint, body, priority=settings.batch_priority)
+
+        self.worker = BatchWorker(
+            self.store,
+            answer,
+            concurrency=settings.batch_concurrency,
+            busy_concurrency=settings.batch_busy_concurrency,
+            interactive_busy=lambda: services.completions.interactive_busy(settings.batch_yield_s),
+        )
+        self.worker.start()
+
+    def wake(self) -> None:
+        if self.worker is not None:
+            self.worker.wake()
+
+    async def close(self) -> None:
+        if self.worker is not None:
+            await self.worker.close()
+        self.store.close()

@@ -1,0 +1,72 @@
+"""One gateway on the tiny model with a state directory, shared by the jobs tests (files, batches,
+the restart test that kills it and starts it again on the same directory)."""
+
+from __future__ import annotations
+
+import os
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+
+import openai
+import pytest
+
+from tests.conftest import start_service, tiny_engine_args
+from tests.harness import ServiceProcess
+
+
+class JobsGateway:
+    """A gateway that tests may kill (-9) and start again on the same state directory."""
+
+    def __init__(self, factory: pytest.TempPathFactory, args: list[str], state_dir: Path):
+        self.factory = factory
+        self.args = [*args, "--state-dir", str(state_dir)]
+        self.state_dir = state_dir
+        self.starts = 0
+        self.service = self._start()
+
+    def _start(self) -> ServiceProcess:
+        self.starts += 1
+        return start_service(self.factory, f"jobs-{self.starts}", self.args)
+
+    def client(self, timeout: float = 120) -> openai.OpenAI:
+        return openai.OpenAI(
+            base_url=self.service.base_url, api_key="unused", max_retries=0, timeout=timeout
+        )
+
+    def kill_and_restart(self) -> None:
+        """SIGKILL the whole process group (gateway and engine core), then start afresh."""
+        os.killpg(self.service.process.pid, signal.SIGKILL)
+        self.service.process.wait(timeout=30)
+        self.service.stop()
+        self.service = self._start()
+
+    def stop(self) -> None:
+        self.service.stop()
+
+
+@pytest.fixture(scope="package")
+def jobs_gateway(
+    tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path, tiny_adapter: Path
+) -> Iterator[JobsGateway]:
+    args = [
+        *tiny_engine_args(tiny_model_dir),
+        "--distilled-adapter",
+        str(tiny_adapter),
+        "--power-method",
+        "mh",
+        "--files-max-bytes",
+        "20000",
+        "--files-max-lines",
+        "200",
+        "--batch-concurrency",
+        "2",
+    ]
+    gateway = JobsGateway(tmp_path_factory, args, tmp_path_factory.mktemp("state"))
+    yield gateway
+    gateway.stop()
+
+
+@pytest.fixture
+def jobs_client(jobs_gateway: JobsGateway) -> openai.OpenAI:
+    return jobs_gateway.client()
