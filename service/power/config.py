@@ -39,7 +39,7 @@ class PowerConfig:
     block_size: int | None = None
     # SMC: number of particles (N), and the share of N under which the effective sample size
     # triggers resampling.
-    particles: int = 8
+    particles: int = 4
     resample_threshold: float = 0.5
     # Stop strings: absorbing, like EOS, so the target is p**alpha over answers that end at one.
     stop: tuple[str, ...] = ()

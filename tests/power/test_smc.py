@@ -158,3 +158,27 @@ def test_maximum_likelihood_limit_is_mh_only(tiny_service: ServiceProcess) -> No
     assert httpx.post(url, json=body, timeout=30).json()["power"]["method"] == "mh"
     response = httpx.post(url, json=body | {"power_method": "smc"}, timeout=30)
     assert response.status_code == 400 and response.json()["error"]["param"] == "temperature"
+
+
+def test_many_seeded_particles_with_long_prompts_keep_the_engine_alive(
+    tiny_service: ServiceProcess,
+) -> None:
+    """Hundreds of seeded engine requests whose prompts overflow one engine step: vLLM's CPU build
+    used to kill its engine on the split prefill of a seeded request (engines.local.
+    platform_arguments turns splitting off there)."""
+    prompt = [0, 1, 2] * 19  # 57 tokens: 512 of them cannot be prefilled in one step
+    body = {
+        "model": POWER,
+        "prompt": prompt,
+        "max_tokens": 3,
+        "n": 64,
+        "seed": 7,
+        "power_method": "smc",
+        "power_particles": 8,
+        "block_size": 1,
+        "cache": {"no-cache": True, "no-store": True},
+    }
+    response = httpx.post(f"{tiny_service.base_url}/completions", json=body, timeout=600)
+    assert response.status_code == 200, response.text
+    assert len(response.json()["choices"]) == 64
+    assert httpx.get(f"{tiny_service.url}/health", timeout=10).status_code == 200
