@@ -8,6 +8,8 @@ Every layer raises these; only ``service.api.errors`` turns them into HTTP respo
     │   └── TokenBudgetError           a power request would generate too many tokens (400)
     ├── ModelNotFoundError             no route serves the requested model (404)
     ├── EngineUnavailableError         the engine is starting, dead or has no healthy worker (503)
+    │   └── ServerOverloadedError      the work in flight is at its cap (503, admission control)
+    ├── RateLimitedError               a key is over its requests or tokens per minute (429)
     └── EngineError                    the engine failed on this request (500)
 
 Callers that only need "did it work" catch ``PowerserveError``.
@@ -22,6 +24,8 @@ __all__ = [
     "InvalidRequestError",
     "ModelNotFoundError",
     "PowerserveError",
+    "RateLimitedError",
+    "ServerOverloadedError",
     "TokenBudgetError",
 ]
 
@@ -72,3 +76,24 @@ class EngineError(PowerserveError):
 
     def __init__(self, message: str):
         super().__init__(message, code="engine_error")
+
+
+class ServerOverloadedError(EngineUnavailableError):
+    """The engine work in flight is at its cap (admission control): refused at once, not queued."""
+
+    def __init__(self, message: str, *, retry_after: float = 1.0):
+        super().__init__(message, retry_after=retry_after)
+        self.code = "server_overloaded"
+
+
+class RateLimitedError(PowerserveError):
+    """A key went over a limit: ``kind`` is "requests" or "tokens"; ``headers`` are OpenAI's
+    x-ratelimit-* headers; ``retry_after`` is when the window resets (seconds)."""
+
+    def __init__(
+        self, message: str, *, kind: str, retry_after: float, headers: dict[str, str] | None = None
+    ):
+        super().__init__(message, code="rate_limit_exceeded")
+        self.kind = kind
+        self.retry_after = retry_after
+        self.headers = headers or {}

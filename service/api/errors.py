@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import re
 from typing import Any
 
@@ -23,6 +24,8 @@ from service.errors import (
     InvalidRequestError,
     ModelNotFoundError,
     PowerserveError,
+    RateLimitedError,
+    ServerOverloadedError,
 )
 
 __all__ = ["error_body", "error_response", "install_error_handlers", "status_of"]
@@ -31,10 +34,12 @@ logger = logging.getLogger(__name__)
 
 _STATUS_TYPES = {
     400: "invalid_request_error",
+    401: "invalid_request_error",
     404: "invalid_request_error",
     405: "invalid_request_error",
     413: "invalid_request_error",
     415: "invalid_request_error",
+    429: "rate_limit_error",
     500: "server_error",
     503: "service_unavailable_error",
 }
@@ -45,6 +50,8 @@ def status_of(exc: PowerserveError) -> int:
         return 400
     if isinstance(exc, ModelNotFoundError):
         return 404
+    if isinstance(exc, RateLimitedError):
+        return 429
     if isinstance(exc, EngineUnavailableError):
         return 503
     if isinstance(exc, EngineError):
@@ -52,8 +59,11 @@ def status_of(exc: PowerserveError) -> int:
     return 500
 
 
-def error_body(status: int, message: str, *, param: str | None = None, code: Any = None) -> dict:
-    kind = _STATUS_TYPES.get(status, "invalid_request_error" if status < 500 else "server_error")
+def error_body(
+    status: int, message: str, *, param: str | None = None, code: Any = None, kind: str | None = None
+) -> dict:
+    """OpenAI's error object; ``kind`` (its ``type``) follows from the status unless given."""
+    kind = kind or _STATUS_TYPES.get(status, "invalid_request_error" if status < 500 else "server_error")
     info = ErrorInfo(message=message, type=kind, param=param, code=code)
     return ErrorResponse(error=info).model_dump()
 
@@ -61,9 +71,14 @@ def error_body(status: int, message: str, *, param: str | None = None, code: Any
 def error_response(exc: PowerserveError) -> JSONResponse:
     status = status_of(exc)
     headers = {}
+    kind = None
     if isinstance(exc, EngineUnavailableError) and exc.retry_after is not None:
         headers["Retry-After"] = str(max(1, round(exc.retry_after)))
-    body = error_body(status, exc.message, param=exc.param, code=exc.code)
+    if isinstance(exc, RateLimitedError):
+        # OpenAI names the exhausted limit in `type`: "requests" or "tokens".
+        kind = exc.kind
+        headers |= exc.headers | {"Retry-After": str(max(1, math.ceil(exc.retry_after)))}
+    body = error_body(status, exc.message, param=exc.param, code=exc.code, kind=kind)
     return JSONResponse(body, status_code=status, headers=headers)
 
 
@@ -100,7 +115,7 @@ async def _on_validation_error(request: Request, exc: Exception) -> JSONResponse
 
 async def _on_service_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, PowerserveError)
-    if status_of(exc) >= 500:
+    if status_of(exc) >= 500 and not isinstance(exc, ServerOverloadedError):  # overload: counted
         logger.warning("%s %s failed: %s", request.method, request.url.path, exc.message)
     return error_response(exc)
 

@@ -20,6 +20,8 @@ from service.metrics.registry import (
     POWER_COST_MULTIPLIER,
     POWER_REQUESTS,
     POWER_SMC_RESAMPLES,
+    RATE_LIMIT_ERRORS,
+    REJECTIONS,
     REQUEST_LATENCY,
     REQUESTS,
     REQUESTS_IN_FLIGHT,
@@ -36,6 +38,8 @@ __all__ = [
     "cache_lookup",
     "first_token",
     "in_flight",
+    "rate_limit_error",
+    "rejected",
     "request_finished",
 ]
 
@@ -91,3 +95,13 @@ def answer_computed(route: str, result: GenerationResult) -> None:
     for choice in result.choices:
         if power.method == "smc" and choice.sampler is not None:
             POWER_SMC_RESAMPLES.observe(choice.sampler.resamples)
+
+
+def rejected(reason: str) -> None:
+    """A request refused before any work (a key, a limit, a cap, shutdown): see REJECTION_REASONS."""
+    REJECTIONS.labels(reason).inc()
+
+
+def rate_limit_error(operation: str) -> None:
+    """The rate-limit store failed on ``operation`` (reserve, settle); the request went on."""
+    RATE_LIMIT_ERRORS.labels(operation).inc()
