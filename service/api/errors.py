@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+from http import HTTPStatus
 import re
 from typing import Any
 
@@ -122,8 +123,16 @@ async def _on_service_error(request: Request, exc: Exception) -> JSONResponse:
 
 async def _on_http_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
-    body = error_body(exc.status_code, str(exc.detail), code=exc.status_code)
+    body = error_body(exc.status_code, str(exc.detail), code=_http_code(exc.status_code))
     return JSONResponse(body, status_code=exc.status_code, headers=getattr(exc, "headers", None))
+
+
+def _http_code(status: int) -> str:
+    """A string code for a bare HTTP error (OpenAI's codes are strings): 405 -> method_not_allowed."""
+    try:
+        return HTTPStatus(status).phrase.lower().replace(" ", "_").replace("-", "_")
+    except ValueError:
+        return f"http_{status}"
 
 
 async def _on_unexpected(request: Request, exc: Exception) -> JSONResponse:
