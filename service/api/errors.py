@@ -9,8 +9,8 @@ from __future__ import annotations
 import json
 import logging
 import math
-from http import HTTPStatus
 import re
+from http import HTTPStatus
 from typing import Any
 
 from fastapi import FastAPI, Request
