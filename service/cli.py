@@ -95,7 +95,7 @@ class HashKey(BaseSettings):
     """Print the SHA-256 of an API key read from stdin, for the keys file (POWERSERVE_API_KEYS_FILE);
     with --generate, make a new key and print it and its hash."""
 
-    model_config = SettingsConfigDict(cli_kebab_case=True, extra="ignore")
+    model_config = SettingsConfigDict(cli_kebab_case=True, cli_implicit_flags=True, extra="ignore")
     generate: bool = Field(False, description="make a new random key (sk-...) and print it first")
 
     def cli_cmd(self) -> None:
