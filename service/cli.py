@@ -16,7 +16,13 @@ import sys
 from pathlib import Path
 
 from pydantic import AliasChoices, Field
-from pydantic_settings import BaseSettings, CliApp, CliSubCommand, SettingsConfigDict
+from pydantic_settings import (
+    BaseSettings,
+    CliApp,
+    CliImplicitFlag,
+    CliSubCommand,
+    SettingsConfigDict,
+)
 
 from service.config import Settings
 from service.distill.commands import Distill
@@ -95,8 +101,10 @@ class HashKey(BaseSettings):
     """Print the SHA-256 of an API key read from stdin, for the keys file (POWERSERVE_API_KEYS_FILE);
     with --generate, make a new key and print it and its hash."""
 
-    model_config = SettingsConfigDict(cli_kebab_case=True, cli_implicit_flags=True, extra="ignore")
-    generate: bool = Field(False, description="make a new random key (sk-...) and print it first")
+    model_config = SettingsConfigDict(cli_kebab_case=True, extra="ignore")
+    generate: CliImplicitFlag[bool] = Field(
+        False, description="make a new random key (sk-...) and print it first"
+    )
 
     def cli_cmd(self) -> None:
         import getpass
