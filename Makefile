@@ -15,6 +15,9 @@ PYTEST_ARGS ?=
 LOAD_VENV := .venv-load
 LOAD_STAMP := $(LOAD_VENV)/.installed
 LOAD_ARGS ?= --users 8 --seconds 60
+# schemathesis (the API fuzz test, tests/fuzz) has an environment of its own too.
+FUZZ_VENV := .venv-fuzz
+FUZZ_STAMP := $(FUZZ_VENV)/.installed
 SWEEP_ARGS ?=
 
 .PHONY: all install model serve test lint bench bench-serving bench-remote distill stack load load-venv load-sweep system-deps clean
@@ -49,7 +52,7 @@ system-deps:
 		DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends redis-server prometheus; \
 	fi
 
-test: $(STAMP) $(LOAD_STAMP) system-deps
+test: $(STAMP) $(LOAD_STAMP) $(FUZZ_STAMP) system-deps
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: $(STAMP)
@@ -76,6 +79,12 @@ $(LOAD_STAMP): loadtests/requirements-load.txt
 
 load-venv: $(LOAD_STAMP)
 
+$(FUZZ_STAMP): tests/fuzz/requirements-fuzz.txt
+	test -x $(FUZZ_VENV)/bin/python || $(PYTHON) -m venv $(FUZZ_VENV)
+	$(FUZZ_VENV)/bin/pip install --quiet --upgrade pip==26.3
+	$(FUZZ_VENV)/bin/pip install --quiet -r tests/fuzz/requirements-fuzz.txt
+	touch $@
+
 # Locust traffic mix against URL (e.g. URL=http://127.0.0.1:8000 with `make stack`), or against a
 # service it starts on the default model: loadtests/results/load.{json,png}.
 load: $(STAMP) $(LOAD_STAMP) model
@@ -96,4 +105,4 @@ stack: $(STAMP) model system-deps
 	$(BIN)/python -m loadtests.stack
 
 clean:
-	rm -rf $(VENV) $(LOAD_VENV) *.egg-info .pytest_cache .ruff_cache .mypy_cache
+	rm -rf $(VENV) $(LOAD_VENV) $(FUZZ_VENV) *.egg-info .pytest_cache .ruff_cache .mypy_cache

@@ -4,6 +4,7 @@
     powerserve worker --port 8001 [--model DIR]       run a vLLM worker for a remote-mode gateway
     powerserve prepare-model                          convert the embedded default model (once)
     powerserve distill generate|train|eval|all        power self-distillation (service/distill)
+    powerserve hash-key [--generate] < key.txt        an API key's SHA-256, for the keys file
 
 Every flag of ``serve`` is also an environment variable (see service/config.py).
 """
@@ -15,7 +16,13 @@ import sys
 from pathlib import Path
 
 from pydantic import AliasChoices, Field
-from pydantic_settings import BaseSettings, CliApp, CliSubCommand, SettingsConfigDict
+from pydantic_settings import (
+    BaseSettings,
+    CliApp,
+    CliImplicitFlag,
+    CliSubCommand,
+    SettingsConfigDict,
+)
 
 from service.config import Settings
 from service.distill.commands import Distill
@@ -41,15 +48,19 @@ class Serve(Settings):
         import uvicorn
 
         from service.api import create_app
+        from service.api.shutdown import DrainingServer
 
         configure_logging(self.log_level)
-        uvicorn.run(
-            create_app(self),
+        app = create_app(self)
+        config = uvicorn.Config(
+            app,
             host=self.host,
             port=self.port,
             log_level=self.log_level.lower(),
+            # After the drain window (drain-timeout-s), what is left gets this much more.
             timeout_graceful_shutdown=10,
         )
+        DrainingServer(config, app.state.drain).run()
 
 
 class Worker(Settings):
@@ -86,6 +97,33 @@ class PrepareModel(BaseSettings):
         print(ensure_default_model(self.cache_dir))  # noqa: T201 - the command's output
 
 
+class HashKey(BaseSettings):
+    """Print the SHA-256 of an API key read from stdin, for the keys file (POWERSERVE_API_KEYS_FILE);
+    with --generate, make a new key and print it and its hash."""
+
+    model_config = SettingsConfigDict(cli_kebab_case=True, extra="ignore")
+    generate: CliImplicitFlag[bool] = Field(
+        False, description="make a new random key (sk-...) and print it first"
+    )
+
+    def cli_cmd(self) -> None:
+        import getpass
+        import secrets
+
+        from service.limits import hash_key
+
+        if self.generate:
+            key = "sk-" + secrets.token_urlsafe(32)
+            print(key)  # noqa: T201 - the command's output
+        elif sys.stdin.isatty():
+            key = getpass.getpass("API key: ")
+        else:
+            key = sys.stdin.read().strip()
+        if not key:
+            raise SystemExit("no key given on stdin")
+        print(hash_key(key))  # noqa: T201 - the command's output
+
+
 class Powerserve(BaseSettings, cli_kebab_case=True, cli_prog_name="powerserve"):
     """powerserve: OpenAI-compatible power sampling on vLLM."""
 
@@ -93,6 +131,7 @@ class Powerserve(BaseSettings, cli_kebab_case=True, cli_prog_name="powerserve"):
     worker: CliSubCommand[Worker] = Field(description="run a vLLM worker for a gateway in remote mode")
     prepare_model: CliSubCommand[PrepareModel] = Field(description="prepare the embedded default model")
     distill: CliSubCommand[Distill] = Field(description="power self-distillation: generate, train, eval")
+    hash_key: CliSubCommand[HashKey] = Field(description="SHA-256 of an API key, for the keys file")
 
     def cli_cmd(self) -> None:
         CliApp.run_subcommand(self)

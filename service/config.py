@@ -208,6 +208,48 @@ class Settings(BaseSettings):
     def resolved_state_dir(self) -> Path:
         return self.state_dir if self.state_dir is not None else self.cache_dir / "state"
 
+    # --- keys, limits, caps, shutdown (service/limits; docs-limits.md) ---------------------------
+    api_keys: str | None = Field(
+        None,
+        description="API keys as name=key pairs, comma-separated. With keys (here or in api-keys-file) "
+        "every /v1 call needs `Authorization: Bearer <key>`; without, the API is open.",
+    )
+    api_keys_file: Path | None = Field(
+        None,
+        description="TOML or JSON file of API keys by name, each its SHA-256 hash (`powerserve "
+        "hash-key`) and optional rpm/tpm overrides.",
+    )
+    metrics_require_key: bool = Field(
+        False, description="/metrics needs an API key too (when keys are configured)."
+    )
+    rate_limit_rpm: int | None = Field(
+        None, ge=1, description="Requests per minute per key (per client address without keys)."
+    )
+    rate_limit_tpm: int | None = Field(
+        None,
+        ge=1,
+        description="Engine tokens per minute per key: a request reserves its worst case when admitted "
+        "and gets back what it did not generate when it ends.",
+    )
+    max_inflight_requests: int | None = Field(
+        None, ge=1, description="Completion requests in flight per process; past it, 503 at once."
+    )
+    max_inflight_tokens: int | None = Field(
+        None,
+        ge=1,
+        description="Worst-case engine tokens reserved by the requests in flight per process; past it, "
+        "503 at once (a request alone is always admitted).",
+    )
+    max_body_bytes: int = Field(
+        1_000_000, ge=1, description="Largest request body; larger ones get 413 before parsing."
+    )
+    drain_timeout_s: float = Field(
+        60.0,
+        ge=0,
+        description="On SIGTERM: /health turns 503, new requests get 503, and requests in flight get "
+        "this long to finish before the process exits.",
+    )
+
     @model_validator(mode="after")
     def _check(self) -> Settings:
         if self.model is not None and not self.model.is_dir():

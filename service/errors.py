@@ -10,6 +10,8 @@ Every layer raises these; only ``service.api.errors`` turns them into HTTP respo
     ├── ResourceNotFoundError          no file, batch or job has the id asked for (404)
     ├── PayloadTooLargeError           an upload exceeds the size cap (413)
     ├── EngineUnavailableError         the engine is starting, dead or has no healthy worker (503)
+    │   └── ServerOverloadedError      the work in flight is at its cap (503, admission control)
+    ├── RateLimitedError               a key is over its requests or tokens per minute (429)
     └── EngineError                    the engine failed on this request (500)
 
 Callers that only need "did it work" catch ``PowerserveError``.
@@ -25,7 +27,9 @@ __all__ = [
     "ModelNotFoundError",
     "PayloadTooLargeError",
     "PowerserveError",
+    "RateLimitedError",
     "ResourceNotFoundError",
+    "ServerOverloadedError",
     "TokenBudgetError",
 ]
 
@@ -90,3 +94,24 @@ class PayloadTooLargeError(PowerserveError):
 
     def __init__(self, message: str, *, param: str | None = None):
         super().__init__(message, param=param, code="file_too_large")
+
+
+class ServerOverloadedError(EngineUnavailableError):
+    """The engine work in flight is at its cap (admission control): refused at once, not queued."""
+
+    def __init__(self, message: str, *, retry_after: float = 1.0):
+        super().__init__(message, retry_after=retry_after)
+        self.code = "server_overloaded"
+
+
+class RateLimitedError(PowerserveError):
+    """A key went over a limit: ``kind`` is "requests" or "tokens"; ``headers`` are OpenAI's
+    x-ratelimit-* headers; ``retry_after`` is when the window resets (seconds)."""
+
+    def __init__(
+        self, message: str, *, kind: str, retry_after: float, headers: dict[str, str] | None = None
+    ):
+        super().__init__(message, code="rate_limit_exceeded")
+        self.kind = kind
+        self.retry_after = retry_after
+        self.headers = headers or {}

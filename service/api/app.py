@@ -17,16 +17,21 @@ from fastapi import FastAPI
 
 from service import __version__
 from service.api.errors import install_error_handlers
+from service.api.guards import BodyLimit, Drain, Draining, KeyCheck
 from service.api.jobs import JobsRuntime
 from service.api.observe import RequestMetrics
 from service.api.routes import api_router
 from service.config import Settings
 from service.engines.base import Engine
+from service.limits import Gate
 from service.runtime import build_store, start_services
 
 __all__ = ["create_app"]
 
 logger = logging.getLogger(__name__)
+
+# File uploads (the files API) stream to disk under a cap of their own, not max-body-bytes.
+UPLOAD_PATHS = ("/v1/files", "/v1/uploads")
 
 
 async def _start_services(app: FastAPI, settings: Settings) -> None:
@@ -59,6 +64,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     finally:
         starting.cancel()
         await app.state.jobs.close()
+        await app.state.gate.close()
         await app.state.store.close()
         if app.state.engine is not None:
             await app.state.engine.close()
@@ -71,8 +77,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         description="OpenAI-compatible inference with power sampling and a power-self-distilled model.",
         lifespan=_lifespan,
     )
-    app.state.settings = settings or Settings()
+    settings = app.state.settings = settings or Settings()
+    # Keys, limits and admission control (service/limits); the drain state SIGTERM starts.
+    app.state.gate = gate = Gate.from_settings(settings)
+    app.state.drain = drain = Drain(settings.drain_timeout_s)
+    if gate.keys.enabled:
+        logger.info("API keys required on /v1 (%d configured)", len(gate.keys))
     install_error_handlers(app)
+    # Outermost last: metrics see every answer, then shutdown, keys, the body cap (api/guards.py).
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes, exempt=UPLOAD_PATHS)
+    app.add_middleware(KeyCheck, keys=gate.keys, metrics_require_key=settings.metrics_require_key)
+    app.add_middleware(Draining, drain=drain)
     app.add_middleware(RequestMetrics)
     app.include_router(api_router)
     return app

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import re
 from collections.abc import Sequence
+from http import HTTPStatus
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -25,7 +27,9 @@ from service.errors import (
     ModelNotFoundError,
     PayloadTooLargeError,
     PowerserveError,
+    RateLimitedError,
     ResourceNotFoundError,
+    ServerOverloadedError,
 )
 
 __all__ = [
@@ -40,10 +44,12 @@ logger = logging.getLogger(__name__)
 
 _STATUS_TYPES = {
     400: "invalid_request_error",
+    401: "invalid_request_error",
     404: "invalid_request_error",
     405: "invalid_request_error",
     413: "invalid_request_error",
     415: "invalid_request_error",
+    429: "rate_limit_error",
     500: "server_error",
     503: "service_unavailable_error",
 }
@@ -56,6 +62,8 @@ def status_of(exc: PowerserveError) -> int:
         return 404
     if isinstance(exc, PayloadTooLargeError):
         return 413
+    if isinstance(exc, RateLimitedError):
+        return 429
     if isinstance(exc, EngineUnavailableError):
         return 503
     if isinstance(exc, EngineError):
@@ -63,8 +71,11 @@ def status_of(exc: PowerserveError) -> int:
     return 500
 
 
-def error_body(status: int, message: str, *, param: str | None = None, code: Any = None) -> dict:
-    kind = _STATUS_TYPES.get(status, "invalid_request_error" if status < 500 else "server_error")
+def error_body(
+    status: int, message: str, *, param: str | None = None, code: Any = None, kind: str | None = None
+) -> dict:
+    """OpenAI's error object; ``kind`` (its ``type``) follows from the status unless given."""
+    kind = kind or _STATUS_TYPES.get(status, "invalid_request_error" if status < 500 else "server_error")
     info = ErrorInfo(message=message, type=kind, param=param, code=code)
     return ErrorResponse(error=info).model_dump()
 
@@ -72,9 +83,14 @@ def error_body(status: int, message: str, *, param: str | None = None, code: Any
 def error_response(exc: PowerserveError) -> JSONResponse:
     status = status_of(exc)
     headers = {}
+    kind = None
     if isinstance(exc, EngineUnavailableError) and exc.retry_after is not None:
         headers["Retry-After"] = str(max(1, round(exc.retry_after)))
-    body = error_body(status, exc.message, param=exc.param, code=exc.code)
+    if isinstance(exc, RateLimitedError):
+        # OpenAI names the exhausted limit in `type`: "requests" or "tokens".
+        kind = exc.kind
+        headers |= exc.headers | {"Retry-After": str(max(1, math.ceil(exc.retry_after)))}
+    body = error_body(status, exc.message, param=exc.param, code=exc.code, kind=kind)
     return JSONResponse(body, status_code=status, headers=headers)
 
 
@@ -115,15 +131,23 @@ async def _on_validation_error(request: Request, exc: Exception) -> JSONResponse
 
 async def _on_service_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, PowerserveError)
-    if status_of(exc) >= 500:
+    if status_of(exc) >= 500 and not isinstance(exc, ServerOverloadedError):  # overload: counted
         logger.warning("%s %s failed: %s", request.method, request.url.path, exc.message)
     return error_response(exc)
 
 
 async def _on_http_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
-    body = error_body(exc.status_code, str(exc.detail), code=exc.status_code)
+    body = error_body(exc.status_code, str(exc.detail), code=_http_code(exc.status_code))
     return JSONResponse(body, status_code=exc.status_code, headers=getattr(exc, "headers", None))
+
+
+def _http_code(status: int) -> str:
+    """A string code for a bare HTTP error (OpenAI's codes are strings): 405 -> method_not_allowed."""
+    try:
+        return HTTPStatus(status).phrase.lower().replace(" ", "_").replace("-", "_")
+    except ValueError:
+        return f"http_{status}"
 
 
 async def _on_unexpected(request: Request, exc: Exception) -> JSONResponse:

@@ -20,10 +20,11 @@ from service.api.deps import Services
 from service.api.protocol import Usage, new_id, now
 from service.api.streaming import ClientDisconnected, cancel_on_disconnect, event_stream
 from service.generation import Choice, ChoiceDelta, GenerationRequest, GenerationResult
+from service.limits import ApiKey, Gate, Ticket
 from service.pipeline import CacheControl, ModelRoute, RouteKind, StreamEvent
 from service.prompts import PromptRenderer
 
-__all__ = ["CACHE_HEADER", "Prepared", "ResponseFormat", "answer_body", "respond"]
+__all__ = ["CACHE_HEADER", "Prepared", "ResponseFormat", "answer_body", "engine_tokens", "respond"]
 
 CACHE_HEADER = "x-powerserve-cache"
 
@@ -110,17 +111,66 @@ async def respond(
     response_id, created, began = new_id(fmt.id_prefix), now(), time.monotonic()
     completions = services.completions
     resolved = completions.resolve(route, generation)  # a bad request raises here: a 4xx
+    # Admission control and the key's limits (429/503 raise here), charged the worst case.
+    gate: Gate = request.app.state.gate
+    ticket = await gate.admit(_identity(request), _api_key(request), resolved.worst_case_tokens)
     if stream:
-        opened = await completions.stream(resolved, control, began=began)
-        chunks = _chunks(opened.events, fmt, response_id, created, route, include_usage)
-        return event_stream(chunks, headers={CACHE_HEADER: opened.cache})
+        try:
+            opened = await completions.stream(resolved, control, began=began)
+        except BaseException:
+            gate.release_soon(ticket, 0)
+            raise
+        events = _settled(opened.events, gate, ticket, replayed=opened.cache == "hit")
+        chunks = _chunks(events, fmt, response_id, created, route, include_usage)
+        return event_stream(chunks, headers={CACHE_HEADER: opened.cache, **ticket.quota.headers()})
 
     try:
         result = await cancel_on_disconnect(request, completions.generate(resolved, control))
-    except ClientDisconnected:
-        return Response(status_code=499)  # nobody is listening; the work has been cancelled
+    except BaseException as exc:
+        # Ended without an answer (client gone, engine error): charged nothing it was not seen
+        # to generate; the engine work is aborted already.
+        gate.release_soon(ticket, 0)
+        if isinstance(exc, ClientDisconnected):
+            return Response(status_code=499)  # nobody is listening; the work has been cancelled
+        raise
+    quota = await gate.release(ticket, engine_tokens(result))
     body = _body(result, fmt, response_id, created, route)
-    return JSONResponse(body, headers={CACHE_HEADER: result.cache})
+    return JSONResponse(body, headers={CACHE_HEADER: result.cache, **quota.headers()})
+
+
+def engine_tokens(result: GenerationResult) -> int:
+    """What a result cost the engine: nothing when the cache answered it."""
+    return 0 if result.cache == "hit" else result.tokens_generated
+
+
+def _api_key(request: Request) -> ApiKey | None:
+    return getattr(request.state, "api_key", None)  # set by api/guards.py's KeyCheck
+
+
+def _identity(request: Request) -> str:
+    """Whom the rate limits count: the key's name, or without keys the client's address."""
+    key = _api_key(request)
+    if key is not None:
+        return f"key:{key.name}"
+    return f"addr:{request.client.host if request.client else 'unknown'}"
+
+
+async def _settled(
+    events: AsyncIterator[StreamEvent], gate: Gate, ticket: Ticket, *, replayed: bool
+) -> AsyncIterator[StreamEvent]:
+    """The stream's events; when it ends, finished or cancelled, its reservation is settled with
+    the tokens the engine generated (a cut stream: the tokens it streamed so far; a replay of a
+    cached answer: none)."""
+    seen = 0
+    try:
+        async for event in events:
+            if isinstance(event, ChoiceDelta) and not replayed:
+                seen += len(event.token_ids)
+            elif isinstance(event, GenerationResult):
+                seen = engine_tokens(event)
+            yield event
+    finally:
+        gate.release_soon(ticket, seen)
 
 
 async def _chunks(

@@ -23,6 +23,8 @@ from service.metrics.registry import (
     POWER_COST_MULTIPLIER,
     POWER_REQUESTS,
     POWER_SMC_RESAMPLES,
+    RATE_LIMIT_ERRORS,
+    REJECTIONS,
     REQUEST_LATENCY,
     REQUESTS,
     REQUESTS_IN_FLIGHT,
@@ -42,6 +44,8 @@ __all__ = [
     "cache_lookup",
     "first_token",
     "in_flight",
+    "rate_limit_error",
+    "rejected",
     "request_finished",
 ]
 
@@ -112,3 +116,13 @@ def batch_finished(status: str) -> None:
 def batch_queue_depth(lines: int) -> None:
     """Lines of the running batch not answered yet."""
     BATCH_QUEUE_DEPTH.set(lines)
+
+
+def rejected(reason: str) -> None:
+    """A request refused before any work (a key, a limit, a cap, shutdown): see REJECTION_REASONS."""
+    REJECTIONS.labels(reason).inc()
+
+
+def rate_limit_error(operation: str) -> None:
+    """The rate-limit store failed on ``operation`` (reserve, settle); the request went on."""
+    RATE_LIMIT_ERRORS.labels(operation).inc()

@@ -33,7 +33,10 @@ __all__ = [
     "POWER_COST_MULTIPLIER",
     "POWER_REQUESTS",
     "POWER_SMC_RESAMPLES",
+    "RATE_LIMIT_ERRORS",
     "REGISTRY",
+    "REJECTIONS",
+    "REJECTION_REASONS",
     "REQUESTS",
     "REQUESTS_IN_FLIGHT",
     "REQUEST_LATENCY",
@@ -48,6 +51,14 @@ __all__ = [
 disable_created_metrics()
 
 REGISTRY = CollectorRegistry()
+REJECTION_REASONS = (
+    "unauthenticated",
+    "rate_limit_requests",
+    "rate_limit_tokens",
+    "overloaded",
+    "body_too_large",
+    "draining",
+)
 # The remote workers' families, from the engine's pool at scrape time (workers.py).
 REGISTRY.register(WORKER_POOL)
 
@@ -157,6 +168,20 @@ BATCH_QUEUE_DEPTH = Gauge(
     "Lines of the batch being worked on that are not answered yet (queued or in flight).",
     registry=REGISTRY,
 )
+REJECTIONS = Counter(
+    "powerserve_rejections_total",
+    "Requests refused before any work, by reason: unauthenticated (401), rate_limit_requests and "
+    "rate_limit_tokens (429), overloaded (503, admission control), body_too_large (413), draining "
+    "(503 while shutting down).",
+    ["reason"],
+    registry=REGISTRY,
+)
+RATE_LIMIT_ERRORS = Counter(
+    "powerserve_rate_limit_errors_total",
+    "Rate-limit store operations that failed (Redis unreachable); requests were admitted unlimited.",
+    ["operation"],
+    registry=REGISTRY,
+)
 
 
 def prime(routes: Sequence[str]) -> None:
@@ -177,6 +202,10 @@ def prime(routes: Sequence[str]) -> None:
         BATCH_LINES.labels(result)
     for status in ("completed", "failed", "cancelled", "expired"):
         BATCHES.labels(status)
+    for reason in REJECTION_REASONS:
+        REJECTIONS.labels(reason)
+    for operation in ("reserve", "settle"):
+        RATE_LIMIT_ERRORS.labels(operation)
 
 
 def watch_engine(num_running_requests: Callable[[], int]) -> None:

@@ -19,6 +19,9 @@ async def live() -> dict[str, str]:
 
 @router.get("/health")
 async def health(request: Request) -> dict[str, str]:
+    drain = getattr(request.app.state, "drain", None)
+    if drain is not None and drain.draining:  # SIGTERM: out of the load balancer while it drains
+        raise EngineUnavailableError("The service is shutting down.", retry_after=5)
     engine = request.app.state.engine
     if engine is None:
         raise EngineUnavailableError("The service is starting.", retry_after=5)
