@@ -27,7 +27,7 @@ from pydantic_settings import (
 from service.config import Settings
 from service.distill.commands import Distill
 
-__all__ = ["Powerserve", "PrepareModel", "Serve", "Worker", "configure_logging", "main"]
+__all__ = ["HashKey", "Powerserve", "PrepareModel", "Serve", "Worker", "configure_logging", "main"]
 
 
 def configure_logging(level: str) -> None:
