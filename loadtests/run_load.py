@@ -133,6 +133,14 @@ def run_locust(args: argparse.Namespace, url: str, samples: Path, locust_args: l
     )
 
 
+def rss_mib(pid: int) -> float:
+    """Resident memory of one process (the gateway's own, not its engine's), in MiB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
 def summarise(samples: list[dict[str, Any]]) -> tuple[float, dict[str, RouteSummary]]:
     """One summary per kind of request. Rates are over the whole run's window (first request sent
     to last answer received), so that the kinds' rates add up to the run's."""
@@ -173,9 +181,19 @@ def main() -> None:
         if args.distilled_adapter:
             flags += ["--distilled-adapter", str(args.distilled_adapter)]
         service = ServiceProcess(flags, output_path(args.out, ".service.log"), env=OFFLINE_ENV)
+    memory: dict[str, float] = {}
     try:
         url = service.wait_ready().url if service else args.url.rstrip("/")
+        if service:
+            memory["gateway_rss_mib_before"] = rss_mib(service.process.pid)
         run_locust(args, url, samples_path, locust_args)
+        if service:
+            memory["gateway_rss_mib_after"] = rss_mib(service.process.pid)
+            print(
+                f"gateway RSS: {memory['gateway_rss_mib_before']:.0f} MiB before the run, "
+                f"{memory['gateway_rss_mib_after']:.0f} MiB after",
+                flush=True,
+            )
     finally:
         if service:
             service.stop()
@@ -189,6 +207,7 @@ def main() -> None:
         "seconds": args.seconds,
         "locust_args": locust_args,
         "service_flags": flags,  # of the service started here; none against --url
+        **memory,  # the gateway process's resident memory, when it was started here
     }
     title = f"locust: {args.users} users, {args.seconds} s against {url}"
     report = {"tool": "locust", "title": title, "settings": settings, "window_s": window}
