@@ -41,7 +41,9 @@ def test_plain_stream_disconnect_aborts_the_engine_request(default_service: Serv
     ) as r:
         lines = r.iter_lines()
         received = [next(lines) for _ in range(6)]
-        assert all(line.startswith("data: ") or line == "" for line in received)
+        # Events, their blank separators, and keep-alive comments while the first token is slow.
+        assert all(line.startswith(("data: ", ":")) or line == "" for line in received), received
+        assert any(line.startswith("data: ") for line in received)
         assert engine_requests(default_service) == 1
     # The connection is closed: the request must leave the engine at once, not after 1500 tokens.
     assert wait_until_idle(default_service, timeout=10) < 10
