@@ -139,8 +139,10 @@ def _power_config(request: GenerationRequest, settings: Settings, max_tokens: in
                 param=name,
             )
     alpha = _alpha(request, default=settings.power_alpha)
-    # The maximum-likelihood limit (temperature 0) is a search that only MH does.
-    method = request.power_method or ("mh" if math.isinf(alpha) else settings.power_method)
+    # The maximum-likelihood limit (temperature 0) is a search that only MH does, and a request that
+    # sets MH's own parameters without naming a method means MH (clients from before SMC do).
+    mh_asked = request.mcmc_steps is not None or request.power_stream_lag is not None
+    method = request.power_method or ("mh" if math.isinf(alpha) or mh_asked else settings.power_method)
     if method == "smc":
         for name in ("mcmc_steps", "power_stream_lag"):
             if getattr(request, name) is not None:

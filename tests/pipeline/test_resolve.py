@@ -203,3 +203,11 @@ def test_the_token_budget_refuses_the_worst_case(request_: GenerationRequest, wo
 def test_the_budget_binds_the_power_route_only() -> None:
     huge = replace(REQUEST, n=16, max_tokens=4000)
     resolve(PLAIN, huge, Settings(power_token_budget=1), INFO)
+
+
+def test_mh_parameters_without_a_method_mean_mh() -> None:
+    """Clients from before SMC send mcmc_steps (or a stream lag) and no power_method: they get MH."""
+    for extra in ({"mcmc_steps": 3}, {"power_stream_lag": 1}):
+        resolved = resolve(POWER, replace(REQUEST, **extra), SETTINGS, INFO)
+        assert resolved.power is not None and resolved.power.method == "mh"
+    assert refused(POWER, replace(REQUEST, mcmc_steps=3, power_particles=4)) == "power_particles"
