@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 from fastapi import APIRouter, Query, Request
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from service.api.deps import jobs_of, list_page
 from service.errors import InvalidRequestError, ResourceNotFoundError
 from service.jobs import BATCH_ENDPOINTS, COMPLETION_WINDOWS, BatchRecord
 
@@ -48,11 +49,6 @@ class BatchCreateRequest(BaseModel):
         return value
 
 
-def _jobs(request: Request) -> JobsRuntime:
-    jobs: JobsRuntime = request.app.state.jobs
-    return jobs
-
-
 async def _batch(jobs: JobsRuntime, batch_id: str) -> BatchRecord:
     batch = await jobs.store.get_batch(batch_id)
     if batch is None:
@@ -62,7 +58,7 @@ async def _batch(jobs: JobsRuntime, batch_id: str) -> BatchRecord:
 
 @router.post("/batches")
 async def create_batch(request: Request, body: BatchCreateRequest) -> dict[str, Any]:
-    jobs = _jobs(request)
+    jobs = jobs_of(request)
     file = await jobs.store.get_file(body.input_file_id)
     if file is None:
         raise ResourceNotFoundError("file", body.input_file_id, param="input_file_id")
@@ -87,25 +83,18 @@ async def list_batches(
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
     after: str | None = None,
 ) -> dict[str, Any]:
-    batches, more = await _jobs(request).store.list_batches(limit=limit, after=after)
-    data = [b.to_json() for b in batches]
-    return {
-        "object": "list",
-        "data": data,
-        "has_more": more,
-        "first_id": data[0]["id"] if data else None,
-        "last_id": data[-1]["id"] if data else None,
-    }
+    batches, more = await jobs_of(request).store.list_batches(limit=limit, after=after)
+    return list_page([b.to_json() for b in batches], more)
 
 
 @router.get("/batches/{batch_id}")
 async def retrieve_batch(request: Request, batch_id: str) -> dict[str, Any]:
-    return (await _batch(_jobs(request), batch_id)).to_json()
+    return (await _batch(jobs_of(request), batch_id)).to_json()
 
 
 @router.post("/batches/{batch_id}/cancel")
 async def cancel_batch(request: Request, batch_id: str) -> dict[str, Any]:
-    jobs = _jobs(request)
+    jobs = jobs_of(request)
     batch = await _batch(jobs, batch_id)
     if batch.status in ("validating", "in_progress"):
         cancelled = await jobs.store.set_status(

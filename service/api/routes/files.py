@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 from fastapi import APIRouter, File, Form, Query, Request, UploadFile
 from fastapi.responses import Response
 
+from service.api.deps import jobs_of, list_page
 from service.errors import InvalidRequestError, PayloadTooLargeError, ResourceNotFoundError
 from service.jobs import FileRecord, check_upload
 
@@ -18,11 +19,6 @@ __all__ = ["router"]
 router = APIRouter(prefix="/v1", tags=["files"])
 
 _CHUNK = 1 << 20
-
-
-def _jobs(request: Request) -> JobsRuntime:
-    jobs: JobsRuntime = request.app.state.jobs
-    return jobs
 
 
 async def _read_capped(upload: UploadFile, max_bytes: int) -> bytes:
@@ -51,7 +47,7 @@ async def create_file(
     file: Annotated[UploadFile, File()],
     purpose: Annotated[str, Form()],
 ) -> dict[str, Any]:
-    jobs = _jobs(request)
+    jobs = jobs_of(request)
     settings = jobs.settings
     content = await _read_capped(file, settings.files_max_bytes)
     check_upload(
@@ -74,27 +70,20 @@ async def list_files(
     after: str | None = None,
     order: Literal["asc", "desc"] = "desc",
 ) -> dict[str, Any]:
-    files, more = await _jobs(request).store.list_files(
+    files, more = await jobs_of(request).store.list_files(
         purpose=purpose, limit=limit, after=after, ascending=order == "asc"
     )
-    data = [f.to_json() for f in files]
-    return {
-        "object": "list",
-        "data": data,
-        "has_more": more,
-        "first_id": data[0]["id"] if data else None,
-        "last_id": data[-1]["id"] if data else None,
-    }
+    return list_page([f.to_json() for f in files], more)
 
 
 @router.get("/files/{file_id}")
 async def retrieve_file(request: Request, file_id: str) -> dict[str, Any]:
-    return (await _file(_jobs(request), file_id)).to_json()
+    return (await _file(jobs_of(request), file_id)).to_json()
 
 
 @router.get("/files/{file_id}/content")
 async def file_content(request: Request, file_id: str) -> Response:
-    jobs = _jobs(request)
+    jobs = jobs_of(request)
     await _file(jobs, file_id)
     try:
         content = await jobs.store.read_content(file_id)
@@ -105,7 +94,7 @@ async def file_content(request: Request, file_id: str) -> Response:
 
 @router.delete("/files/{file_id}")
 async def delete_file(request: Request, file_id: str) -> dict[str, Any]:
-    jobs = _jobs(request)
+    jobs = jobs_of(request)
     await _file(jobs, file_id)
     await jobs.store.delete_file(file_id)
     return {"id": file_id, "object": "file", "deleted": True}
