@@ -50,6 +50,10 @@ class ServiceProcess:
     ):
         self.port = port or free_port()
         self.url = f"http://{LOOPBACK}:{self.port}"
+        # One client for the test's calls, made now: a client made while the engine keeps both
+        # cores busy can spend seconds loading CA certificates (ssl.create_default_context), which
+        # a test would read as the service being slow.
+        self.http = httpx.Client(timeout=60)
         self.log_path = log_path
         self._log = open(log_path, "w")  # noqa: SIM115 - closed in stop()
         address = ["--host", LOOPBACK, "--port", str(self.port)]
@@ -77,7 +81,7 @@ class ServiceProcess:
         route="power", kind="generated")``."""
         from prometheus_client.parser import text_string_to_metric_families
 
-        text = httpx.get(f"{self.url}/metrics", timeout=10).text
+        text = self.http.get(f"{self.url}/metrics", timeout=10).text
         for family in text_string_to_metric_families(text):
             for sample in family.samples:
                 if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
@@ -98,6 +102,7 @@ class ServiceProcess:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(self.process.pid, signal.SIGKILL)
                 self.process.wait(timeout=10)
+        self.http.close()
         self._log.close()
 
 
@@ -136,6 +141,7 @@ class PrometheusProcess:
     ):
         self.port = port or free_port()
         self.url = f"http://{LOOPBACK}:{self.port}"
+        self.http = httpx.Client(timeout=60)  # made now, as ServiceProcess.http
         self.workdir = Path(workdir)
         self.jobs = jobs
         self.interval = interval
@@ -168,7 +174,7 @@ class PrometheusProcess:
 
     def query(self, expr: str) -> list[dict]:
         """An instant query's result vector (empty when the expression has no data)."""
-        response = httpx.get(f"{self.url}/api/v1/query", params={"query": expr}, timeout=30)
+        response = self.http.get(f"{self.url}/api/v1/query", params={"query": expr}, timeout=30)
         response.raise_for_status()
         return list(response.json()["data"]["result"])
 
@@ -176,3 +182,4 @@ class PrometheusProcess:
         if self.process is not None and self.process.poll() is None:
             self.process.terminate()
             self.process.wait(timeout=10)
+        self.http.close()

@@ -12,7 +12,7 @@ from tests.harness import ServiceProcess
 
 
 def engine_requests(service: ServiceProcess) -> float:
-    text = httpx.get(f"{service.url}/metrics", timeout=10).text
+    text = service.http.get(f"{service.url}/metrics", timeout=10).text
     for line in text.splitlines():
         if line.startswith("powerserve_engine_requests "):
             return float(line.split()[1])

@@ -144,12 +144,14 @@ def test_a_body_over_the_cap_gets_413_before_it_is_parsed(keyed_service: Service
     assert keyed_service.metric("powerserve_rejections_total", reason="body_too_large") >= 2
 
 
-def _power_stream(service: ServiceProcess, opened: threading.Event, stop: threading.Event) -> None:
+def _power_stream(
+    service: ServiceProcess, opened: threading.Event, stop: threading.Event, statuses: list[int]
+) -> None:
     body = {"model": POWER, "prompt": "a b", "max_tokens": 3, "mcmc_steps": 2000, "stream": True}
-    with httpx.stream(
-        "POST", f"{service.base_url}/completions", json=body, headers=auth("sk-carol"), timeout=60
+    with service.http.stream(
+        "POST", f"{service.base_url}/completions", json=body, headers=auth("sk-carol")
     ) as response:
-        assert response.status_code == 200
+        statuses.append(response.status_code)
         opened.set()
         stop.wait(60)
     # leaving the block closes the connection: the client is gone
@@ -165,14 +167,16 @@ def test_admission_control_and_a_disconnect_frees_its_reservation(
         ]
     )
     stop = threading.Event()
-    streams = []
-    for _ in range(2):  # the cap: 2 requests in flight
-        opened = threading.Event()
-        thread = threading.Thread(target=_power_stream, args=(keyed_service, opened, stop))
-        thread.start()
-        assert opened.wait(30)
-        streams.append(thread)
+    streams: list[threading.Thread] = []
+    statuses: list[int] = []
     try:
+        for _ in range(2):  # the cap: 2 requests in flight
+            opened = threading.Event()
+            thread = threading.Thread(target=_power_stream, args=(keyed_service, opened, stop, statuses))
+            thread.start()
+            streams.append(thread)
+            assert opened.wait(60), "a power stream was not answered"
+        assert statuses == [200, 200]
         began = time.monotonic()
         with pytest.raises(openai.InternalServerError) as refused:
             carol.completions.create(**plain())
@@ -180,7 +184,7 @@ def test_admission_control_and_a_disconnect_frees_its_reservation(
         assert refused.value.status_code == 503
         assert refused.value.code == "server_overloaded"
         assert int(refused.value.response.headers["retry-after"]) >= 1
-    finally:
+    finally:  # the streams leave even when an assertion failed, not to hold the next test's places
         stop.set()
         for thread in streams:
             thread.join(30)
@@ -206,11 +210,14 @@ def test_redis_killed_under_load_loses_no_request_and_limits_recover(
     running.set()
 
     def load() -> None:
-        with httpx.Client(headers=auth("sk-alice"), timeout=60) as http:
-            while running.is_set():
-                r = http.post(f"{keyed_service.base_url}/completions", json=plain(max_tokens=1))
-                statuses.append(r.status_code)
-                limited.append("x-ratelimit-remaining-requests" in r.headers)
+        while running.is_set():
+            r = keyed_service.http.post(
+                f"{keyed_service.base_url}/completions",
+                json=plain(max_tokens=1),
+                headers=auth("sk-alice"),
+            )
+            statuses.append(r.status_code)
+            limited.append("x-ratelimit-remaining-requests" in r.headers)
 
     errors_before = keyed_service.metric("powerserve_rate_limit_errors_total", operation="reserve")
     workers = [threading.Thread(target=load) for _ in range(2)]

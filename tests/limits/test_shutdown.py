@@ -10,7 +10,6 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 
 from tests.api.test_disconnect import engine_requests
@@ -38,7 +37,7 @@ def test_sigterm_drains_requests_in_flight_then_exits(draining_service: ServiceP
 
     def slow_request() -> None:
         began = time.monotonic()
-        response = httpx.post(f"{service.base_url}/completions", json=slow, timeout=DRAIN_S)
+        response = service.http.post(f"{service.base_url}/completions", json=slow, timeout=DRAIN_S)
         outcome.update(status=response.status_code, body=response.json(), took=time.monotonic() - began)
 
     worker = threading.Thread(target=slow_request)
@@ -53,10 +52,10 @@ def test_sigterm_drains_requests_in_flight_then_exits(draining_service: ServiceP
     time.sleep(0.3)
 
     assert worker.is_alive(), "the slow request ended before the drain could be seen"
-    health = httpx.get(f"{service.url}/health", timeout=10)
+    health = service.http.get(f"{service.url}/health", timeout=10)
     assert health.status_code == 503
-    assert httpx.get(f"{service.url}/live", timeout=10).status_code == 200
-    refused = httpx.post(
+    assert service.http.get(f"{service.url}/live", timeout=10).status_code == 200
+    refused = service.http.post(
         f"{service.base_url}/completions",
         json={"model": TINY_MODEL_NAME, "prompt": "a", "max_tokens": 1},
         timeout=10,
