@@ -204,6 +204,20 @@ class Settings(BaseSettings):
         "0; lower runs first).",
     )
 
+    fine_tuning: bool | None = Field(
+        None,
+        description="Serve /v1/fine_tuning/jobs (power self-distillation) and the models they make, "
+        "which needs an engine started able to load LoRA adapters. Unset: on when the in-process "
+        "engine serves an adapter anyway (the embedded default's -distilled); true: LoRA is enabled "
+        "for it.",
+    )
+    max_loras: int = Field(
+        4, ge=1, description="LoRA adapters the engine holds at once when fine-tuning is on."
+    )
+    fine_tuning_max_rank: int = Field(
+        16, ge=1, le=64, description="Largest LoRA rank a fine-tuning job may ask for."
+    )
+
     @property
     def resolved_state_dir(self) -> Path:
         return self.state_dir if self.state_dir is not None else self.cache_dir / "state"

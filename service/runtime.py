@@ -17,7 +17,7 @@ from typing import Any
 from service import metrics
 from service.cache import MemoryStore, RedisStore, ResponseStore
 from service.config import Settings
-from service.engines.base import DISTILLED_ADAPTER, Engine
+from service.engines.base import DISTILLED_ADAPTER, LORA_TARGET_MODULES, Engine
 from service.engines.local import LocalEngine, adapter_lora_settings, platform_arguments
 from service.engines.remote import RemoteEngine
 from service.model_store import (
@@ -35,6 +35,7 @@ __all__ = [
     "build_store",
     "engine_adapters",
     "engine_arguments",
+    "fine_tuning_enabled",
     "resolve_adapter",
     "resolve_model_dir",
     "running_services",
@@ -97,13 +98,34 @@ def engine_arguments(settings: Settings, model_dir: Path) -> dict[str, Any]:
     arguments.update(platform_arguments(context))
     if settings.kv_block_size is not None:
         arguments["block_size"] = settings.kv_block_size
-    if adapters := engine_adapters(settings):
+    adapters = engine_adapters(settings)
+    if fine_tuning_enabled(settings):
+        # Room for the adapters fine-tuning jobs add while the engine runs (service/jobs/tuning.py).
+        arguments.update(
+            enable_lora=True,
+            max_loras=settings.max_loras,
+            **adapter_lora_settings(
+                list(adapters.values()),
+                min_rank=settings.fine_tuning_max_rank,
+                modules=LORA_TARGET_MODULES,
+            ),
+        )
+    elif adapters:
         arguments.update(
             enable_lora=True,
             max_loras=len(adapters),
             **adapter_lora_settings(list(adapters.values())),
         )
     return arguments
+
+
+def fine_tuning_enabled(settings: Settings) -> bool:
+    """Whether fine-tuning jobs run here: an in-process engine, with LoRA asked for or on anyway."""
+    if settings.workers:
+        return False  # stock vllm serve workers: adapters are theirs to load
+    if settings.fine_tuning is None:
+        return bool(engine_adapters(settings))
+    return settings.fine_tuning
 
 
 def build_engine(settings: Settings, model_dir: Path) -> Engine:

@@ -46,8 +46,9 @@ async def _start_services(app: FastAPI, settings: Settings) -> None:
         logger.exception("the engine failed to start; shutting down")
         os.kill(os.getpid(), signal.SIGTERM)
         return
+    # Fine-tuned models are served again before any request; batches and jobs resume.
+    await app.state.jobs.start(services)
     app.state.services = services
-    app.state.jobs.start(services)  # batches resume where a previous process left them
     routes = [route.model_id for route in services.completions.routes]
     logger.info("serving %s on http://%s:%d/v1", routes, settings.host, settings.port)
 
@@ -57,7 +58,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     app.state.engine = None
     app.state.services = None
     app.state.store = build_store(app.state.settings)
-    app.state.jobs = JobsRuntime(app.state.settings)  # files and batches, on disk
+    app.state.jobs = JobsRuntime(app.state.settings)  # files, batches, fine-tuning jobs, on disk
     starting = asyncio.create_task(_start_services(app, app.state.settings))
     try:
         yield

@@ -32,7 +32,7 @@ def jobs_of(request: Request) -> JobsRuntime:
 
 
 def list_page(data: list[dict[str, Any]], has_more: bool) -> dict[str, Any]:
-    """One page of an OpenAI list endpoint (files, batches)."""
+    """One page of an OpenAI list endpoint (files, batches, fine-tuning jobs)."""
     return {
         "object": "list",
         "data": data,

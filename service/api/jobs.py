@@ -1,6 +1,7 @@
-"""The gateway's offline work: the job store, opened at start-up, and the batch worker, started once
-the engine is up. A batch line is answered here exactly as its HTTP endpoint answers a body: the same
-request models, the same preparation, the same request path and the same error bodies."""
+"""The gateway's offline work: the job store, opened at start-up, and the batch and fine-tuning
+workers, started once the engine is up. A batch line is answered here exactly as its HTTP endpoint
+answers a body: the same request models, the same preparation, the same request path and the same
+error bodies."""
 
 from __future__ import annotations
 
@@ -17,8 +18,8 @@ from service.api.serving import Prepared, answer_body
 from service.config import Settings
 from service.engines.base import scheduling_priority
 from service.errors import InvalidRequestError, PowerserveError
-from service.jobs import BatchWorker, JobStore
-from service.runtime import Services
+from service.jobs import BatchWorker, FineTuningStore, FineTuningWorker, JobStore
+from service.runtime import Services, fine_tuning_enabled, resolve_model_dir
 
 __all__ = ["JobsRuntime", "answer_line"]
 
@@ -52,15 +53,29 @@ async def answer_line(
 
 
 class JobsRuntime:
-    """The store (files need no engine) and, once ``start`` is given the services, the worker."""
+    """The stores (files need no engine) and, once ``start`` is given the services, the workers."""
 
     def __init__(self, settings: Settings):
         self.settings = settings
         self.store = JobStore(settings.resolved_state_dir)
+        self.tuning_store = FineTuningStore(self.store)
         self.worker: BatchWorker | None = None
+        self.tuning: FineTuningWorker | None = None
 
-    def start(self, services: Services) -> None:
+    async def start(self, services: Services) -> None:
+        """Serve the models of earlier fine-tuning jobs again, then resume the work left."""
         settings = self.settings
+        if fine_tuning_enabled(settings) and services.engine.adds_adapters:
+            self.tuning = FineTuningWorker(
+                self.store,
+                self.tuning_store,
+                services,
+                priority=settings.batch_priority,
+                concurrency=settings.batch_concurrency,
+                model_dir=resolve_model_dir(settings),
+            )
+            await self.tuning.restore()
+            self.tuning.start()
 
         async def answer(endpoint: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
             return await answer_line(services, endpoint, body, priority=settings.batch_priority)
@@ -75,10 +90,12 @@ class JobsRuntime:
         self.worker.start()
 
     def wake(self) -> None:
-        if self.worker is not None:
-            self.worker.wake()
+        for worker in (self.worker, self.tuning):
+            if worker is not None:
+                worker.wake()
 
     async def close(self) -> None:
-        if self.worker is not None:
-            await self.worker.close()
+        for worker in (self.worker, self.tuning):
+            if worker is not None:
+                await worker.close()
         self.store.close()

@@ -34,10 +34,16 @@ async def evaluate(
     power: PowerParams,
     concurrency: int = 8,
     seed: int = 1,
+    distilled_model: str | None = None,
 ) -> dict[str, list[dict[str, Any]]]:
-    """Answers of every route for every item, one route after the other (so latencies compare)."""
+    """Answers of every route for every item, one route after the other (so latencies compare).
+    ``distilled_model``: the distilled route's model id (default ``<base>-distilled``)."""
     base = services.engine.info.model_id
-    model_ids = {"base": base, "power": f"{base}-power", "distilled": f"{base}-distilled"}
+    model_ids = {
+        "base": base,
+        "power": f"{base}-power",
+        "distilled": distilled_model or f"{base}-distilled",
+    }
     records: dict[str, list[dict[str, Any]]] = {}
     for route in ROUTES:
         is_power = route == "power"

@@ -124,8 +124,10 @@ async def generate_teacher(
     power: PowerParams,
     concurrency: int = 8,
     seed: int = 0,
+    on_answer: Callable[[dict[str, Any]], None] | None = None,
 ) -> int:
-    """Append teacher answers for ``items`` not yet in ``out``; return how many were written."""
+    """Append teacher answers for ``items`` not yet in ``out``; return how many were written.
+    ``on_answer`` sees each answer once it is written."""
     todo = pending(items, out)
     if len(todo) < len(items):
         logger.info("%s: %d answers already there, %d to go", out, len(items) - len(todo), len(todo))
@@ -144,10 +146,15 @@ async def generate_teacher(
             power=power,
         )
 
+    def done(record: dict[str, Any]) -> None:
+        append_jsonl(out, record)
+        if on_answer is not None:
+            on_answer(record)
+
     await run_bounded(
         [job(item) for item in todo],
         concurrency=concurrency,
-        on_done=lambda record: append_jsonl(out, record),
+        on_done=done,
         description="teacher answers",
     )
     return len(todo)

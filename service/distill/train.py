@@ -18,6 +18,7 @@ import logging
 import math
 import random
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,7 @@ from typing import Any
 from tqdm import tqdm
 
 from service.distill.data import read_jsonl
+from service.engines.base import LORA_TARGET_MODULES
 from service.plotting import saved_figure
 
 __all__ = ["TrainConfig", "train_adapter"]
@@ -37,7 +39,7 @@ class TrainConfig:
     rank: int = 8  # LoRA rank: 8 on the attention projections is ~1M parameters (a few MB)
     lora_alpha: int = 16
     dropout: float = 0.0
-    target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")
+    target_modules: tuple[str, ...] = LORA_TARGET_MODULES
     learning_rate: float = 3e-4
     epochs: int = 3
     batch_size: int = 8
@@ -77,7 +79,16 @@ def _batch(examples: list[tuple[list[int], list[int]]], pad_id: int) -> dict[str
     }
 
 
-def train_adapter(model_dir: Path, teacher: Path, out: Path, config: TrainConfig) -> dict[str, Any]:
+def train_adapter(
+    model_dir: Path,
+    teacher: Path,
+    out: Path,
+    config: TrainConfig,
+    *,
+    on_step: Callable[[int, int, float], None] | None = None,
+) -> dict[str, Any]:
+    """Train, write the adapter and its summary to ``out``, return the summary. ``on_step(step,
+    steps, loss)`` sees each optimiser step."""
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
@@ -132,12 +143,18 @@ def train_adapter(model_dir: Path, teacher: Path, out: Path, config: TrainConfig
         schedule.step()
         optimizer.zero_grad()
         losses.append(loss.detach().item())
+        if on_step is not None:
+            on_step(len(losses), total_steps, losses[-1])
 
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(str(out))
     (out / "README.md").unlink(missing_ok=True)  # peft's model-card template; training.json says it all
     summary = {
         "base_model": str(model_dir),
+        "trained_tokens": sum(len(p) + len(a) for p, a in examples)
+        * total_steps
+        * config.batch_size
+        // len(examples),
         "teacher": str(teacher),
         "teacher_sha256": hashlib.sha256(teacher.read_bytes()).hexdigest(),
         "examples": len(examples),
@@ -160,3 +177,25 @@ def _plot_loss(losses: list[float], path: Path) -> None:
         axis.set_ylabel("loss on teacher answers (nats/token)")
         axis.set_title("power self-distillation")
         axis.grid(alpha=0.3)
+
+
+def main() -> None:
+    """``python -m service.distill.train MODEL_DIR TEACHER OUT CONFIG_JSON``: a training run in a
+    process of its own (a fine-tuning job's), each step reported on stdout as a JSON line."""
+    import sys
+
+    model_dir, teacher, out, config = sys.argv[1:5]
+    fields = json.loads(config)
+    fields["target_modules"] = tuple(fields.get("target_modules", LORA_TARGET_MODULES))
+
+    def report(step: int, steps: int, loss: float) -> None:
+        print(json.dumps({"step": step, "steps": steps, "train_loss": loss}), flush=True)  # noqa: T201
+
+    summary = train_adapter(
+        Path(model_dir), Path(teacher), Path(out), TrainConfig(**fields), on_step=report
+    )
+    print(json.dumps({"done": True, "trained_tokens": summary["trained_tokens"]}), flush=True)  # noqa: T201
+
+
+if __name__ == "__main__":
+    main()

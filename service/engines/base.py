@@ -18,9 +18,13 @@ import uuid
 from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
+
+from service.errors import EngineError
 
 __all__ = [
     "DISTILLED_ADAPTER",
+    "LORA_TARGET_MODULES",
     "Engine",
     "EngineInfo",
     "Generated",
@@ -34,6 +38,9 @@ __all__ = [
 
 # The name under which engines serve the power-self-distilled LoRA adapter (the -distilled route).
 DISTILLED_ADAPTER = "distilled"
+# The layers the project's LoRA adapters train (service/distill/train.py), which an engine that
+# loads adapters while it runs must be ready to wrap.
+LORA_TARGET_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj")
 
 
 # The engine scheduling priority of the requests made in this context (lower runs first; 0 is
@@ -186,6 +193,15 @@ class Engine(abc.ABC):
     def num_running_requests(self) -> int:
         """Requests the engine holds now (queued or running); for metrics and tests."""
         return 0
+
+    @property
+    def adds_adapters(self) -> bool:
+        """Whether ``add_adapter`` works: the engine was started able to serve LoRA adapters."""
+        return False
+
+    async def add_adapter(self, name: str, path: Path) -> None:
+        """Serve the peft LoRA adapter in ``path`` as ``name`` from now on (a fine-tuned model)."""
+        raise EngineError("This engine cannot load adapters while it runs.")
 
     async def complete(
         self,

@@ -13,6 +13,7 @@ import logging
 import os
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -111,6 +112,26 @@ class LocalEngine(Engine):
             self.info.vocab_size,
             list(self.adapters) or "none",
         )
+
+    @property
+    def adds_adapters(self) -> bool:
+        return bool(self._engine_kwargs.get("enable_lora"))
+
+    async def add_adapter(self, name: str, path: Path) -> None:
+        from vllm.lora.request import LoRARequest
+
+        if not self.adds_adapters:
+            await super().add_adapter(name, path)
+        if name in self._lora_requests:
+            return
+        # Ids are the engine's keys for its adapter slots: one per name, never reused.
+        lora = LoRARequest(lora_name=name, lora_int_id=len(self._lora_requests) + 1, lora_path=str(path))
+        if not await self._llm.add_lora(lora):  # loads it now: a broken adapter fails here
+            raise EngineError(f"The engine could not load the adapter in {path}.")
+        self._lora_requests[name] = lora
+        self.adapters[name] = Path(path)
+        self.info = replace(self.info, adapters=(*self.info.adapters, name))
+        logger.info("serving adapter %s from %s", name, path)
 
     async def close(self) -> None:
         if self._llm is not None:
@@ -265,14 +286,17 @@ def platform_arguments(max_model_len: int) -> dict[str, Any]:
     return {"enable_chunked_prefill": False, "max_num_batched_tokens": max(max_model_len, 2048)}
 
 
-def adapter_lora_settings(adapter_dirs: list[Path]) -> dict[str, Any]:
-    """vLLM's LoRA settings for serving these peft adapters."""
+def adapter_lora_settings(
+    adapter_dirs: list[Path], *, min_rank: int = 0, modules: Sequence[str] = ()
+) -> dict[str, Any]:
+    """vLLM's LoRA settings for serving these peft adapters, and adapters of up to ``min_rank`` on
+    ``modules`` added later."""
     configs = [json.loads((Path(d) / "adapter_config.json").read_text()) for d in adapter_dirs]
-    rank = max(int(c.get("r", 8)) for c in configs)
+    rank = max([min_rank, *(int(c.get("r", 8)) for c in configs)])
     return {
         # vLLM sizes LoRA buffers for a fixed set of ranks: the smallest one that fits.
         "max_lora_rank": next(r for r in (8, 16, 32, 64, 128, 256, 320, 512) if r >= rank),
         # Wrap only the layers the adapters train. Without this vLLM also wraps the lm_head, whose
         # LoRA path breaks prompt log-probs (the self-reward's scoring pass) on CPU.
-        "lora_target_modules": sorted({m for c in configs for m in c["target_modules"]}),
+        "lora_target_modules": sorted({*modules, *(m for c in configs for m in c["target_modules"])}),
     }

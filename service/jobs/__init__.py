@@ -3,6 +3,8 @@
 store.py     SQLite metadata and file contents under the state directory (durable across restarts)
 files.py     what an upload must be (JSONL, size and line caps)
 batches.py   batch validation and the background worker that answers batch lines
+tuning.py    fine-tuning jobs: power self-distillation (teacher, LoRA training, serving, eval)
+tuning_store.py  their durable state and events
 
 Nothing here knows HTTP: the worker answers a line through a function the API layer gives it.
 """
@@ -17,8 +19,16 @@ from service.jobs.batches import (
 )
 from service.jobs.files import INPUT_PURPOSES, check_upload, parse_jsonl
 from service.jobs.store import BatchLine, BatchRecord, FileRecord, JobStore, derived_file_id
+from service.jobs.tuning import FineTuningWorker, Hyperparameters, fine_tuned_model_id
+from service.jobs.tuning_store import (
+    ACTIVE_TUNING_STATUSES,
+    FineTuningEvent,
+    FineTuningJob,
+    FineTuningStore,
+)
 
 __all__ = [
+    "ACTIVE_TUNING_STATUSES",
     "BATCH_ENDPOINTS",
     "COMPLETION_WINDOWS",
     "INPUT_PURPOSES",
@@ -27,9 +37,15 @@ __all__ = [
     "BatchRecord",
     "BatchWorker",
     "FileRecord",
+    "FineTuningEvent",
+    "FineTuningJob",
+    "FineTuningStore",
+    "FineTuningWorker",
+    "Hyperparameters",
     "JobStore",
     "check_upload",
     "derived_file_id",
+    "fine_tuned_model_id",
     "output_line",
     "parse_jsonl",
     "validate_lines",

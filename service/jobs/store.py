@@ -33,6 +33,7 @@ __all__ = [
     "derived_file_id",
     "new_file_id",
     "now",
+    "update_statement",
 ]
 
 T = TypeVar("T")
@@ -86,6 +87,20 @@ CREATE TABLE IF NOT EXISTS batch_lines (
 );
 CREATE INDEX IF NOT EXISTS batch_lines_pending ON batch_lines (batch_id, done);
 """
+
+
+def update_statement(
+    table: str, row_id: str, values: dict[str, Any], *, only_from: Sequence[str] | None = None
+) -> tuple[str, list[Any]]:
+    """SQL setting ``values`` on the row ``row_id`` of ``table``, only while its status is one of
+    ``only_from`` when given."""
+    assignments = ", ".join(f"{name} = ?" for name in values)
+    query = f"UPDATE {table} SET {assignments} WHERE id = ?"
+    parameters: list[Any] = [*values.values(), row_id]
+    if only_from:
+        query += f" AND status IN ({', '.join('?' * len(only_from))})"
+        parameters += list(only_from)
+    return query, parameters
 
 
 def now() -> int:
@@ -231,14 +246,22 @@ class JobStore:
         with self._lock:
             self._db.close()
 
-    async def _run(self, work: Callable[[sqlite3.Connection], T]) -> T:
+    def run_script(self, script: str) -> None:
+        """Run SQL statements now (another module's schema, at start-up)."""
+        with self._lock:
+            self._db.executescript(script)
+
+    async def run(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        """``work(connection)`` in a thread, under the store's lock."""
+
         def locked() -> T:
             with self._lock:
                 return work(self._db)
 
         return await asyncio.to_thread(locked)
 
-    def _transaction(self, db: sqlite3.Connection, work: Callable[[], T]) -> T:
+    def transaction(self, db: sqlite3.Connection, work: Callable[[], T]) -> T:
+        """``work()`` as one transaction (inside ``run``)."""
         db.execute("BEGIN IMMEDIATE")
         try:
             result = work()
@@ -273,21 +296,21 @@ class JobStore:
             )
             return record
 
-        return await self._run(write)
+        return await self.run(write)
 
     async def get_file(self, file_id: str) -> FileRecord | None:
         def read(db: sqlite3.Connection) -> FileRecord | None:
             row = db.execute("SELECT * FROM files WHERE id = ?", (file_id,)).fetchone()
             return _file(row) if row else None
 
-        return await self._run(read)
+        return await self.run(read)
 
     async def list_files(
         self, *, purpose: str | None, limit: int, after: str | None, ascending: bool
     ) -> tuple[list[FileRecord], bool]:
         """One page of files by creation order, and whether more follow."""
-        return await self._run(
-            lambda db: self._page(db, "files", _file, limit, after, ascending, purpose=purpose)
+        return await self.run(
+            lambda db: self.page(db, "files", _file, limit, after, ascending, purpose=purpose)
         )
 
     async def read_content(self, file_id: str) -> bytes:
@@ -299,7 +322,7 @@ class JobStore:
             self.content_path(file_id).unlink(missing_ok=True)
             return deleted
 
-        return await self._run(delete)
+        return await self.run(delete)
 
     # --- batches -------------------------------------------------------------------------------
 
@@ -331,26 +354,24 @@ class JobStore:
             )
             return self._get_batch(db, batch_id)  # type: ignore[return-value]
 
-        return await self._run(write)
+        return await self.run(write)
 
     def _get_batch(self, db: sqlite3.Connection, batch_id: str) -> BatchRecord | None:
         row = db.execute("SELECT * FROM batches WHERE id = ?", (batch_id,)).fetchone()
         return _batch(row) if row else None
 
     async def get_batch(self, batch_id: str) -> BatchRecord | None:
-        return await self._run(lambda db: self._get_batch(db, batch_id))
+        return await self.run(lambda db: self._get_batch(db, batch_id))
 
     async def list_batches(self, *, limit: int, after: str | None) -> tuple[list[BatchRecord], bool]:
         """Newest first, as OpenAI lists them."""
-        return await self._run(
-            lambda db: self._page(db, "batches", _batch, limit, after, ascending=False)
-        )
+        return await self.run(lambda db: self.page(db, "batches", _batch, limit, after, ascending=False))
 
     async def active_batches(self) -> list[BatchRecord]:
         """Batches not yet final, oldest first."""
         marks = ", ".join("?" * len(ACTIVE_BATCH_STATUSES))
         query = f"SELECT * FROM batches WHERE status IN ({marks}) ORDER BY seq"
-        return await self._run(lambda db: [_batch(r) for r in db.execute(query, ACTIVE_BATCH_STATUSES)])
+        return await self.run(lambda db: [_batch(r) for r in db.execute(query, ACTIVE_BATCH_STATUSES)])
 
     async def set_status(
         self,
@@ -369,18 +390,15 @@ class JobStore:
         for name in ("errors", "metadata"):
             if name in values and values[name] is not None:
                 values[name] = json.dumps(values[name])
-        assignments = ", ".join(["status = ?", *(f"{name} = ?" for name in values)])
-        query = f"UPDATE batches SET {assignments} WHERE id = ?"
-        parameters: list[Any] = [status, *values.values(), batch_id]
-        if only_from:
-            query += f" AND status IN ({', '.join('?' * len(only_from))})"
-            parameters += list(only_from)
+        query, parameters = update_statement(
+            "batches", batch_id, {"status": status, **values}, only_from=only_from
+        )
 
         def write(db: sqlite3.Connection) -> BatchRecord | None:
             db.execute(query, parameters)
             return self._get_batch(db, batch_id)
 
-        return await self._run(write)
+        return await self.run(write)
 
     async def start_batch(self, batch_id: str, lines: Sequence[BatchLine]) -> BatchRecord | None:
         """validating → in_progress, with every line stored pending (once: a restart that validates
@@ -399,10 +417,10 @@ class JobStore:
                     (now(), len(lines), batch_id),
                 )
 
-            self._transaction(db, work)
+            self.transaction(db, work)
             return self._get_batch(db, batch_id)
 
-        return await self._run(write)
+        return await self.run(write)
 
     async def pending_lines(self, batch_id: str) -> list[BatchLine]:
         def read(db: sqlite3.Connection) -> list[BatchLine]:
@@ -413,7 +431,7 @@ class JobStore:
             )
             return [BatchLine(r["idx"], r["custom_id"], json.loads(r["body"])) for r in rows]
 
-        return await self._run(read)
+        return await self.run(read)
 
     async def finish_line(self, batch_id: str, idx: int, *, ok: bool, result: dict[str, Any]) -> bool:
         """Record a line's result, if it is still pending; whether this call recorded it."""
@@ -430,9 +448,9 @@ class JobStore:
                     db.execute(f"UPDATE batches SET {column} = {column} + 1 WHERE id = ?", (batch_id,))
                 return bool(updated)
 
-            return self._transaction(db, work)
+            return self.transaction(db, work)
 
-        return await self._run(write)
+        return await self.run(write)
 
     async def results(self, batch_id: str) -> list[tuple[bool, dict[str, Any]]]:
         """Each answered line's (ok, output line), in input order."""
@@ -444,7 +462,7 @@ class JobStore:
             )
             return [(bool(r["ok"]), json.loads(r["result"])) for r in rows]
 
-        return await self._run(read)
+        return await self.run(read)
 
     async def count_lines(self) -> dict[str, int]:
         """Batch lines by state across all batches (for the queue-depth gauge)."""
@@ -459,11 +477,11 @@ class JobStore:
                 counts[key] += row["n"]
             return counts
 
-        return await self._run(read)
+        return await self.run(read)
 
     # --- paging ----------------------------------------------------------------------------------
 
-    def _page(
+    def page(
         self,
         db: sqlite3.Connection,
         table: str,

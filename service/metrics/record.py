@@ -19,6 +19,7 @@ from service.metrics.registry import (
     BATCHES,
     CACHE_ERRORS,
     CACHE_LOOKUPS,
+    FINE_TUNING_JOBS,
     POWER_ACCEPTANCE_RATE,
     POWER_COST_MULTIPLIER,
     POWER_REQUESTS,
@@ -42,6 +43,7 @@ __all__ = [
     "batch_queue_depth",
     "cache_error",
     "cache_lookup",
+    "fine_tuning_job",
     "first_token",
     "in_flight",
     "rate_limit_error",
@@ -116,6 +118,11 @@ def batch_finished(status: str) -> None:
 def batch_queue_depth(lines: int) -> None:
     """Lines of the running batch not answered yet."""
     BATCH_QUEUE_DEPTH.set(lines)
+
+
+def fine_tuning_job(status: str) -> None:
+    """A fine-tuning job reached ``status`` (running, succeeded, failed, cancelled)."""
+    FINE_TUNING_JOBS.labels(status).inc()
 
 
 def rejected(reason: str) -> None:

@@ -29,6 +29,7 @@ __all__ = [
     "CACHE_ERRORS",
     "CACHE_LOOKUPS",
     "ENGINE_REQUESTS",
+    "FINE_TUNING_JOBS",
     "POWER_ACCEPTANCE_RATE",
     "POWER_COST_MULTIPLIER",
     "POWER_REQUESTS",
@@ -168,6 +169,12 @@ BATCH_QUEUE_DEPTH = Gauge(
     "Lines of the batch being worked on that are not answered yet (queued or in flight).",
     registry=REGISTRY,
 )
+FINE_TUNING_JOBS = Counter(
+    "powerserve_fine_tuning_jobs_total",
+    "Fine-tuning jobs that reached a status: running, then succeeded, failed or cancelled.",
+    ["status"],
+    registry=REGISTRY,
+)
 REJECTIONS = Counter(
     "powerserve_rejections_total",
     "Requests refused before any work, by reason: unauthenticated (401), rate_limit_requests and "
@@ -202,6 +209,8 @@ def prime(routes: Sequence[str]) -> None:
         BATCH_LINES.labels(result)
     for status in ("completed", "failed", "cancelled", "expired"):
         BATCHES.labels(status)
+    for status in ("running", "succeeded", "failed", "cancelled"):
+        FINE_TUNING_JOBS.labels(status)
     for reason in REJECTION_REASONS:
         REJECTIONS.labels(reason)
     for operation in ("reserve", "settle"):

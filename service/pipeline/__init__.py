@@ -8,7 +8,13 @@ service.py   the steps in order (CompletionService); step 4, recording, is servi
 """
 
 from service.pipeline.caching import CacheControl, CachePolicy, ResultCache, replay
-from service.pipeline.catalog import ModelRoute, RouteKind, find_route, model_routes
+from service.pipeline.catalog import (
+    ModelRoute,
+    RouteKind,
+    find_route,
+    fine_tuned_route,
+    model_routes,
+)
 from service.pipeline.execute import ChoiceGenerator
 from service.pipeline.resolve import POWER_FIELDS, ResolvedRequest, resolve
 from service.pipeline.service import AnswerStream, CompletionService, StreamEvent
@@ -26,6 +32,7 @@ __all__ = [
     "RouteKind",
     "StreamEvent",
     "find_route",
+    "fine_tuned_route",
     "model_routes",
     "replay",
     "resolve",

@@ -5,6 +5,9 @@ A served model ``<name>`` has up to three routes:
     <name>            plain sampling from the base model
     <name>-power      power sampling: answers from p(y | x) ** alpha (service.power)
     <name>-distilled  the power-self-distilled model: a LoRA adapter, sampled plainly
+
+and one more distilled route per fine-tuning job that succeeded (``ft:<name>:<suffix>:<job>``,
+service/jobs/tuning.py): its own adapter, added while the service runs.
 """
 
 from __future__ import annotations
@@ -13,9 +16,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 
+from service.engines.base import DISTILLED_ADAPTER
 from service.errors import ModelNotFoundError
 
-__all__ = ["ModelRoute", "RouteKind", "find_route", "model_routes"]
+__all__ = ["ModelRoute", "RouteKind", "find_route", "fine_tuned_route", "model_routes"]
 
 
 class RouteKind(StrEnum):
@@ -34,12 +38,26 @@ class ModelRoute:
     model_id: str  # what clients put in `model`
     kind: RouteKind
     base_model: str
+    adapter: str | None = None  # the LoRA adapter a distilled route samples from
 
 
 def model_routes(base_model: str, *, distilled: bool) -> tuple[ModelRoute, ...]:
     """The routes of one base model; the distilled one only when an adapter is configured."""
     kinds = [RouteKind.PLAIN, RouteKind.POWER] + ([RouteKind.DISTILLED] if distilled else [])
-    return tuple(ModelRoute(base_model + _SUFFIXES[kind], kind, base_model) for kind in kinds)
+    return tuple(
+        ModelRoute(
+            base_model + _SUFFIXES[kind],
+            kind,
+            base_model,
+            adapter=DISTILLED_ADAPTER if kind is RouteKind.DISTILLED else None,
+        )
+        for kind in kinds
+    )
+
+
+def fine_tuned_route(model_id: str, base_model: str) -> ModelRoute:
+    """A fine-tuning job's model: a distilled route on the adapter the engine knows by its id."""
+    return ModelRoute(model_id, RouteKind.DISTILLED, base_model, adapter=model_id)
 
 
 def find_route(model: str, routes: Sequence[ModelRoute]) -> ModelRoute:

@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from service.config import Settings
-from service.engines.base import DISTILLED_ADAPTER, EngineInfo, SamplingOptions
+from service.engines.base import EngineInfo, SamplingOptions
 from service.errors import ContextLengthError, InvalidRequestError, TokenBudgetError
 from service.generation import GenerationRequest
 from service.pipeline.catalog import ModelRoute, RouteKind
@@ -120,7 +120,7 @@ def resolve(
         frequency_penalty=request.frequency_penalty,
         stop=request.stop,
         top_logprobs=request.logprobs or 0,
-        adapter=DISTILLED_ADAPTER if route.kind is RouteKind.DISTILLED else None,
+        adapter=route.adapter,
     )
     return ResolvedRequest(**common, sampling=sampling)
 

@@ -87,6 +87,15 @@ class CompletionService:
     def route(self, model: str) -> ModelRoute:
         return find_route(model, self.routes)
 
+    def add_route(self, route: ModelRoute) -> None:
+        """Serve one more model (a fine-tuned adapter the engine has just been given)."""
+        if all(known.model_id != route.model_id for known in self.routes):
+            self.routes = (*self.routes, route)
+
+    def remove_route(self, model_id: str) -> None:
+        """Stop serving a model added with ``add_route`` (its job failed after all)."""
+        self.routes = tuple(route for route in self.routes if route.model_id != model_id)
+
     def resolve(self, route: ModelRoute, request: GenerationRequest) -> ResolvedRequest:
         """Step 1; raises (a 4xx) before any work starts."""
         for prompt in request.prompts:

@@ -2,10 +2,19 @@
 
 from fastapi import APIRouter
 
-from service.api.routes import batches, chat, completions, files, health, metrics, models
+from service.api.routes import (
+    batches,
+    chat,
+    completions,
+    files,
+    fine_tuning,
+    health,
+    metrics,
+    models,
+)
 
 api_router = APIRouter()
-for module in (health, metrics, models, completions, chat, files, batches):
+for module in (health, metrics, models, completions, chat, files, batches, fine_tuning):
     api_router.include_router(module.router)
 
 __all__ = ["api_router"]

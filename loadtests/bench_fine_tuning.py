@@ -1,0 +1,114 @@
+"""A fine-tuning job end to end on the embedded default (``python -m loadtests.bench_fine_tuning``).
+
+Uploads N prompts of the shipped arithmetic set (with their answers, so the evaluation reports
+accuracy), runs one job through the official SDK, and reports how long each stage took (from the
+job's events), the evaluation table of its result file, and that the new model answers.
+
+Results go to loadtests/results/bench_fine_tuning.json and the table to stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import itertools
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import openai
+
+from service.config import DEFAULT_MODEL_NAME
+from service.distill.data import DEFAULT_PROMPTS, read_prompts
+from tests.harness import ServiceProcess
+
+RESULTS = Path(__file__).parent / "results"
+
+# Where each stage starts, by the first words of its event.
+STAGES = {
+    "Generating teacher answers": "teacher",
+    "Training a rank": "training",
+    "Serving ft:": "eval",
+    "Job succeeded": "done",
+}
+
+
+def stage_times(events: list[dict]) -> dict[str, int]:
+    """Seconds per stage, from the events' timestamps (1 s resolution)."""
+    starts: dict[str, int] = {}
+    for event in events:
+        for prefix, stage in STAGES.items():
+            if event["message"].startswith(prefix):
+                starts.setdefault(stage, event["created_at"])
+    order = list(STAGES.values())
+    return {a: starts[b] - starts[a] for a, b in itertools.pairwise(order) if a in starts}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--prompts", type=int, default=8)
+    parser.add_argument("--mcmc-steps", type=int, default=4)
+    parser.add_argument("--answer-tokens", type=int, default=64)
+    parser.add_argument("--out", type=Path, default=RESULTS / "bench_fine_tuning.json")
+    args = parser.parse_args()
+    RESULTS.mkdir(exist_ok=True)
+    items = read_prompts(DEFAULT_PROMPTS, "train", args.prompts)
+    content = "".join(
+        json.dumps({"messages": item.messages, "answer": item.answer}) + "\n" for item in items
+    ).encode()
+    with tempfile.TemporaryDirectory() as state:
+        service = ServiceProcess(["--state-dir", state], RESULTS / "bench_fine_tuning.log")
+        try:
+            service.wait_ready()
+            sdk = openai.OpenAI(base_url=service.base_url, api_key="unused", max_retries=0)
+            file = sdk.files.create(file=("prompts.jsonl", io.BytesIO(content)), purpose="fine-tune")
+            began = time.monotonic()
+            job = sdk.fine_tuning.jobs.create(
+                model=DEFAULT_MODEL_NAME,
+                training_file=file.id,
+                suffix="bench",
+                seed=1,
+                hyperparameters={  # type: ignore[typeddict-unknown-key]
+                    "mcmc_steps": args.mcmc_steps,
+                    "answer_tokens": args.answer_tokens,
+                },
+            )
+            while (job := sdk.fine_tuning.jobs.retrieve(job.id)).status not in (
+                "succeeded",
+                "failed",
+                "cancelled",
+            ):
+                time.sleep(1)
+            took = time.monotonic() - began
+            if job.status != "succeeded":
+                raise SystemExit(f"the job {job.status}: {job.error}")
+            events = [e.model_dump() for e in sdk.fine_tuning.jobs.list_events(job.id, limit=1000).data][
+                ::-1
+            ]
+            result = json.loads(sdk.files.content(job.result_files[0]).content)
+            answer = sdk.chat.completions.create(
+                model=str(job.fine_tuned_model),
+                messages=items[0].messages,
+                max_tokens=16,  # type: ignore[arg-type]
+            )
+        finally:
+            service.stop()
+    report = {
+        "args": vars(args) | {"out": str(args.out)},
+        "job_seconds": round(took, 1),
+        "stage_seconds": stage_times(events),
+        "fine_tuned_model": job.fine_tuned_model,
+        "trained_tokens": job.trained_tokens,
+        "summary": result["summary"],
+        "sample_answer": answer.choices[0].message.content,
+    }
+    args.out.write_text(json.dumps(report, indent=2))
+    print(f"job: {took:.0f} s; stages (s): {report['stage_seconds']}")
+    print(result["table"])
+
+
+if __name__ == "__main__":
+    main()
