@@ -20,7 +20,7 @@ FUZZ_VENV := .venv-fuzz
 FUZZ_STAMP := $(FUZZ_VENV)/.installed
 SWEEP_ARGS ?=
 
-.PHONY: all install model serve test lint bench bench-serving bench-remote distill stack load load-venv load-sweep system-deps clean
+.PHONY: all install model serve test lint bench bench-serving bench-remote bench-jobs distill stack load load-venv load-sweep system-deps clean
 
 all: serve
 
@@ -70,6 +70,11 @@ bench-serving: $(STAMP) model system-deps
 
 bench-remote: $(STAMP) model
 	$(BIN)/python -m loadtests.bench_remote
+
+# Offline work: batches against interactive latency; a fine-tuning job end to end.
+bench-jobs: $(STAMP) model
+	$(BIN)/python -m loadtests.bench_batch
+	$(BIN)/python -m loadtests.bench_fine_tuning --prompts 64 --out loadtests/results/bench_fine_tuning_64.json
 
 $(LOAD_STAMP): loadtests/requirements-load.txt
 	test -x $(LOAD_VENV)/bin/python || $(PYTHON) -m venv $(LOAD_VENV)

@@ -33,6 +33,7 @@ from service.distill.data import PromptItem
 from service.distill.evaluate import evaluate, markdown_table, summarise
 from service.distill.teacher import PowerParams, generate_teacher
 from service.engines.base import scheduling_priority
+from service.errors import InvalidRequestError
 from service.jobs.files import parse_jsonl
 from service.jobs.store import JobStore, derived_file_id, now
 from service.jobs.tuning_store import ACTIVE_TUNING_STATUSES, FineTuningJob, FineTuningStore
@@ -229,8 +230,13 @@ class FineTuningWorker:
         model_id = fine_tuned_model_id(job.model, job.suffix, job.id)
         try:
             await self._stages(job, model_id, events)
-        except JobFailed as failure:
-            await self._finish(job, "failed", events, error=failure.error)
+        except (JobFailed, InvalidRequestError) as failure:
+            error = (
+                failure.error
+                if isinstance(failure, JobFailed)  # a prompt the model cannot take: the file's fault
+                else {"code": "invalid_training_file", "message": failure.message, "param": None}
+            )
+            await self._finish(job, "failed", events, error=error)
             self.services.completions.remove_route(model_id)
         except asyncio.CancelledError:  # cancelled, or the gateway is stopping (it resumes then)
             self.services.completions.remove_route(model_id)
