@@ -29,7 +29,7 @@ from service.distill.data import read_jsonl
 from service.engines.base import LORA_TARGET_MODULES
 from service.plotting import saved_figure
 
-__all__ = ["TrainConfig", "train_adapter"]
+__all__ = ["TrainConfig", "main", "train_adapter"]
 
 logger = logging.getLogger(__name__)
 
@@ -151,9 +151,9 @@ def train_adapter(
     (out / "README.md").unlink(missing_ok=True)  # peft's model-card template; training.json says it all
     summary = {
         "base_model": str(model_dir),
+        # Tokens of the examples drawn: steps x batch, each example's prompt and answer.
         "trained_tokens": sum(len(p) + len(a) for p, a in examples)
-        * total_steps
-        * config.batch_size
+        * (total_steps * config.batch_size)
         // len(examples),
         "teacher": str(teacher),
         "teacher_sha256": hashlib.sha256(teacher.read_bytes()).hexdigest(),

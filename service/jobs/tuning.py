@@ -41,7 +41,13 @@ from service.metrics import record
 from service.pipeline import fine_tuned_route
 from service.runtime import Services
 
-__all__ = ["BASE_LEARNING_RATE", "FineTuningWorker", "Hyperparameters", "fine_tuned_model_id"]
+__all__ = [
+    "BASE_LEARNING_RATE",
+    "FineTuningWorker",
+    "Hyperparameters",
+    "JobFailed",
+    "fine_tuned_model_id",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -400,7 +406,12 @@ class FineTuningWorker:
         assert process.stdout is not None
         trained = 0
         async for line in process.stdout:
-            report = json.loads(line)
+            try:
+                report = json.loads(line)
+            except ValueError:  # something in the training stack printed; not a report
+                continue
+            if not isinstance(report, dict):
+                continue
             if report.get("done"):
                 trained = int(report["trained_tokens"])
                 continue

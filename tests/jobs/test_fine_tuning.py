@@ -12,6 +12,7 @@ import openai
 import pytest
 from openai.types.fine_tuning import FineTuningJob
 
+from tests.api.test_disconnect import wait_until_idle
 from tests.conftest import TINY_MODEL_NAME
 from tests.jobs.conftest import JobsGateway
 
@@ -129,7 +130,7 @@ def test_a_cancelled_job_stops_and_serves_nothing(
         time.sleep(0.2)
     cancelled = client.fine_tuning.jobs.cancel(created.id)
     assert cancelled.status == "cancelled"
-    time.sleep(2)
+    wait_until_idle(jobs_gateway.service, timeout=10)  # its teacher requests left the engine
     job = client.fine_tuning.jobs.retrieve(created.id)
     assert job.status == "cancelled" and job.fine_tuned_model is None
     messages = [e.message for e in client.fine_tuning.jobs.list_events(created.id, limit=100).data]

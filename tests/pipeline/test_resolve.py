@@ -18,7 +18,7 @@ from service.pipeline import POWER_FIELDS, ModelRoute, RouteKind, resolve
 INFO = EngineInfo(model_id="m", max_model_len=4096, vocab_size=8, eos_token_ids=frozenset({3}))
 PLAIN = ModelRoute("m", RouteKind.PLAIN, "m")
 POWER = ModelRoute("m-power", RouteKind.POWER, "m")
-DISTILLED = ModelRoute("m-distilled", RouteKind.DISTILLED, "m")
+DISTILLED = ModelRoute("m-distilled", RouteKind.DISTILLED, "m", adapter=DISTILLED_ADAPTER)
 REQUEST = GenerationRequest(prompts=((1, 2, 3),))
 SETTINGS = Settings()
 
