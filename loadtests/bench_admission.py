@@ -90,15 +90,6 @@ async def open_loop(url: str, body: dict, rate: float, seconds: float, seed: int
     }
 
 
-def start(args: list[str], env: dict[str, str], log: Path) -> ServiceProcess:
-    service = ServiceProcess(args, log, env)
-    try:
-        return service.wait_ready()
-    except BaseException:
-        service.stop()
-        raise
-
-
 async def measure(opts: argparse.Namespace, work: Path) -> dict:
     if opts.model == "tiny":
         model_dir = build_tiny_model(work / "tiny", seed=1, weight_scale=20.0)
@@ -113,7 +104,7 @@ async def measure(opts: argparse.Namespace, work: Path) -> dict:
         ("without admission control", {}),
         ("with admission control", {"POWERSERVE_MAX_INFLIGHT_REQUESTS": str(opts.concurrency)}),
     ):
-        service = start(args, env, work / f"{name.replace(' ', '-')}.log")
+        service = ServiceProcess(args, work / f"{name.replace(' ', '-')}.log", env).wait_ready()
         try:
             url = f"{service.base_url}/completions"
             await closed_loop(url, body, opts.concurrency, 3)  # warm-up

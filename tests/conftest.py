@@ -43,12 +43,7 @@ def start_service(
     env: dict[str, str] | None = None,
 ) -> ServiceProcess:
     log = tmp_path_factory.mktemp("logs") / f"{name}.log"
-    service = ServiceProcess(args, log, env)
-    try:
-        return service.wait_ready()
-    except BaseException:
-        service.stop()
-        raise
+    return ServiceProcess(args, log, env).wait_ready()
 
 
 @pytest.fixture(scope="session")

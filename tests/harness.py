@@ -70,10 +70,17 @@ class ServiceProcess:
         return f"{self.url}/v1"
 
     def wait_ready(self, timeout: float = 600) -> ServiceProcess:
+        """Wait until /health answers 200; on failure (or interruption) the process is stopped, so
+        that no caller leaves a half-started engine behind."""
         try:
             wait_for_http(f"{self.url}/health", timeout=timeout, alive=self.process)
         except (RuntimeError, TimeoutError) as exc:
-            raise RuntimeError(f"{exc}:\n{self.log_tail()}") from exc
+            tail = self.log_tail()
+            self.stop()
+            raise RuntimeError(f"{exc}:\n{tail}") from exc
+        except BaseException:
+            self.stop()
+            raise
         return self
 
     def metric(self, name: str, **labels: str) -> float:
