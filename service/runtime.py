@@ -51,6 +51,7 @@ class Services:
     engine: Engine
     renderer: PromptRenderer
     completions: CompletionService
+    model_dir: Path  # the base model's directory (fine-tuning trains on it)
 
 
 def resolve_model_dir(settings: Settings) -> Path:
@@ -182,7 +183,7 @@ async def start_services(
     completions = CompletionService(engine, renderer, settings, cache)
     metrics.prime([route.kind.value for route in completions.routes])
     metrics.watch_engine(engine.num_running_requests)
-    return Services(settings, engine, renderer, completions)
+    return Services(settings, engine, renderer, completions, model_dir)
 
 
 @asynccontextmanager

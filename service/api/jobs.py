@@ -19,7 +19,7 @@ from service.config import Settings
 from service.engines.base import scheduling_priority
 from service.errors import InvalidRequestError, PowerserveError
 from service.jobs import BatchWorker, FineTuningStore, FineTuningWorker, JobStore
-from service.runtime import Services, fine_tuning_enabled, resolve_model_dir
+from service.runtime import Services, fine_tuning_enabled
 
 __all__ = ["JobsRuntime", "answer_line"]
 
@@ -72,7 +72,6 @@ class JobsRuntime:
                 services,
                 priority=settings.batch_priority,
                 concurrency=settings.batch_concurrency,
-                model_dir=resolve_model_dir(settings),
             )
             await self.tuning.restore()
             self.tuning.start()

@@ -161,14 +161,12 @@ class FineTuningWorker:
         *,
         priority: int,
         concurrency: int,
-        model_dir: Path,
     ):
         self.files = files
         self.jobs = jobs
         self.services = services
         self.priority = priority
         self.concurrency = concurrency
-        self.model_dir = model_dir
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._running: tuple[str, asyncio.Task[None]] | None = None
@@ -382,10 +380,11 @@ class FineTuningWorker:
             return int(json.loads(summary_path.read_text()).get("trained_tokens", 0))
         events.emit(f"Training a rank-{hyper.lora_rank} LoRA adapter on the teacher answers.")
         log = adapter.parent / "training.log"
+        arguments = (self.services.model_dir, teacher, adapter, json.dumps(hyper.train_config()))
         with open(log, "ab") as stderr:
             process = await asyncio.create_subprocess_exec(
                 *(sys.executable, "-W", "ignore::RuntimeWarning", "-m", "service.distill.train"),
-                *(str(self.model_dir), str(teacher), str(adapter), json.dumps(hyper.train_config())),
+                *map(str, arguments),
                 stdout=asyncio.subprocess.PIPE,
                 stderr=stderr,
             )
