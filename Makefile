@@ -74,6 +74,7 @@ bench-remote: $(STAMP) model
 # Offline work: batches against interactive latency; a fine-tuning job end to end.
 bench-jobs: $(STAMP) model
 	$(BIN)/python -m loadtests.bench_batch
+	$(BIN)/python -m loadtests.bench_replicas
 	$(BIN)/python -m loadtests.bench_fine_tuning --prompts 64 --out loadtests/results/bench_fine_tuning_64.json
 
 $(LOAD_STAMP): loadtests/requirements-load.txt

@@ -176,6 +176,19 @@ class Settings(BaseSettings):
         description="Where uploaded files, batch and fine-tuning job state live (SQLite and files); "
         "unset: <cache-dir>/state.",
     )
+    jobs_redis_url: str | None = Field(
+        None,
+        description="Redis holding files, batches and the queue of batch lines, shared by gateway "
+        "replicas: each claims lines, and a replica that dies has its lines taken over. A durable "
+        "Redis that does not evict (not the response cache's allkeys-lru one); unset: SQLite under "
+        "state-dir, one gateway.",
+    )
+    batch_claim_timeout_s: float = Field(
+        60.0,
+        gt=0,
+        description="With jobs-redis-url: a line a replica has not renewed its claim on for this "
+        "long is taken over by another (live replicas renew every third of it).",
+    )
     files_max_bytes: int = Field(
         100 * 1024 * 1024, ge=1, description="Largest file accepted by POST /v1/files (413 above)."
     )

@@ -30,6 +30,7 @@ __all__ = [
     "RateLimitedError",
     "ResourceNotFoundError",
     "ServerOverloadedError",
+    "StateUnavailableError",
     "TokenBudgetError",
 ]
 
@@ -87,6 +88,13 @@ class ResourceNotFoundError(PowerserveError):
 
     def __init__(self, kind: str, resource_id: str, *, param: str | None = None):
         super().__init__(f"No {kind} with id `{resource_id}`.", param=param, code="not_found")
+
+
+class StateUnavailableError(PowerserveError):
+    """The shared store of files and batches (Redis) cannot be reached now."""
+
+    def __init__(self, message: str):
+        super().__init__(message, code="state_unavailable")
 
 
 class PayloadTooLargeError(PowerserveError):

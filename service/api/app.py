@@ -58,7 +58,8 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     app.state.engine = None
     app.state.services = None
     app.state.store = build_store(app.state.settings)
-    app.state.jobs = JobsRuntime(app.state.settings)  # files, batches, fine-tuning jobs, on disk
+    app.state.jobs = JobsRuntime(app.state.settings)  # files, batches, fine-tuning jobs
+    await app.state.jobs.open()
     starting = asyncio.create_task(_start_services(app, app.state.settings))
     try:
         yield

@@ -30,6 +30,7 @@ from service.errors import (
     RateLimitedError,
     ResourceNotFoundError,
     ServerOverloadedError,
+    StateUnavailableError,
 )
 
 __all__ = [
@@ -64,7 +65,7 @@ def status_of(exc: PowerserveError) -> int:
         return 413
     if isinstance(exc, RateLimitedError):
         return 429
-    if isinstance(exc, EngineUnavailableError):
+    if isinstance(exc, EngineUnavailableError | StateUnavailableError):
         return 503
     if isinstance(exc, EngineError):
         return 500

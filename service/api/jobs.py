@@ -18,7 +18,14 @@ from service.api.serving import Prepared, answer_body
 from service.config import Settings
 from service.engines.base import scheduling_priority
 from service.errors import InvalidRequestError, PowerserveError
-from service.jobs import BatchWorker, FineTuningStore, FineTuningWorker, JobStore
+from service.jobs import (
+    BatchWorker,
+    FineTuningStore,
+    FineTuningWorker,
+    JobStore,
+    OfflineStore,
+    RedisJobStore,
+)
 from service.runtime import Services, fine_tuning_enabled
 
 __all__ = ["JobsRuntime", "answer_line"]
@@ -53,14 +60,27 @@ async def answer_line(
 
 
 class JobsRuntime:
-    """The stores (files need no engine) and, once ``start`` is given the services, the workers."""
+    """The stores (files need no engine) and, once ``start`` is given the services, the workers.
+    Files and batches are on this gateway's disk, or in the Redis replicas share
+    (``jobs_redis_url``); fine-tuning jobs are always this gateway's: their adapters are loaded
+    into its own engine."""
 
     def __init__(self, settings: Settings):
         self.settings = settings
-        self.store = JobStore(settings.resolved_state_dir)
-        self.tuning_store = FineTuningStore(self.store)
+        self.local = JobStore(settings.resolved_state_dir)
+        self.store: OfflineStore = self.local
+        if settings.jobs_redis_url:
+            self.store = RedisJobStore(
+                settings.jobs_redis_url, claim_timeout_s=settings.batch_claim_timeout_s
+            )
+        self.tuning_store = FineTuningStore(self.local)
         self.worker: BatchWorker | None = None
         self.tuning: FineTuningWorker | None = None
+
+    async def open(self) -> None:
+        """Check, before serving, that a shared store can keep what it is given."""
+        if isinstance(self.store, RedisJobStore):
+            await self.store.check()
 
     async def start(self, services: Services) -> None:
         """Serve the models of earlier fine-tuning jobs again, then resume the work left."""
@@ -97,4 +117,6 @@ class JobsRuntime:
         for worker in (self.worker, self.tuning):
             if worker is not None:
                 await worker.close()
-        self.store.close()
+        if self.store is not self.local:
+            await self.store.close()
+        await self.local.close()

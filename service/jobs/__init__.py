@@ -1,6 +1,8 @@
 """Offline work through the OpenAI contracts: uploaded files and batches, kept on disk.
 
-store.py     SQLite metadata and file contents under the state directory (durable across restarts)
+store.py     what a store of files and batches offers; SQLite metadata and file contents under the
+             state directory (one gateway, durable across restarts)
+redis_store.py  the same in a Redis shared by gateway replicas, batch lines queued in streams
 files.py     what an upload must be (JSONL, size and line caps)
 batches.py   batch validation and the background worker that answers batch lines
 tuning.py    fine-tuning jobs: power self-distillation (teacher, LoRA training, serving, eval)
@@ -18,7 +20,15 @@ from service.jobs.batches import (
     validate_lines,
 )
 from service.jobs.files import INPUT_PURPOSES, check_upload, parse_jsonl
-from service.jobs.store import BatchLine, BatchRecord, FileRecord, JobStore, derived_file_id
+from service.jobs.redis_store import RedisJobStore
+from service.jobs.store import (
+    BatchLine,
+    BatchRecord,
+    FileRecord,
+    JobStore,
+    OfflineStore,
+    derived_file_id,
+)
 from service.jobs.tuning import FineTuningWorker, Hyperparameters, fine_tuned_model_id
 from service.jobs.tuning_store import (
     ACTIVE_TUNING_STATUSES,
@@ -43,6 +53,8 @@ __all__ = [
     "FineTuningWorker",
     "Hyperparameters",
     "JobStore",
+    "OfflineStore",
+    "RedisJobStore",
     "check_upload",
     "derived_file_id",
     "fine_tuned_model_id",

@@ -8,10 +8,11 @@ A batch moves through OpenAI's statuses, each stamped with its ``<status>_at`` t
 
 ``BatchWorker`` runs in the gateway process. It validates a new batch (each line a POST to the
 batch's endpoint with a unique ``custom_id``), stores every line pending, and answers them through
-``answer_line`` (the same parsing and request path as the HTTP endpoint), a bounded number at a time
-and fewer while interactive requests run. Each result is written when its line finishes; the output
-and error files are assembled from those rows at the end. A gateway killed mid-batch resumes the
-batch at start-up with the lines still pending: every line appears exactly once in the output.
+``answer_line`` (the same parsing and request path as the HTTP endpoint), claiming a bounded number
+at a time and fewer while interactive requests run. Each result is written when its line finishes,
+once; the output and error files are assembled from those results at the end. A gateway killed
+mid-batch resumes the batch at start-up with the lines still pending; with the store in Redis, the
+other replicas take its claimed lines over. Either way every line appears exactly once in the output.
 """
 
 from __future__ import annotations
@@ -20,13 +21,14 @@ import asyncio
 import contextlib
 import json
 import logging
+import time
 import uuid
 from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from service.jobs.files import parse_jsonl
-from service.jobs.store import BatchLine, BatchRecord, JobStore, derived_file_id, now
+from service.jobs.store import BatchLine, BatchRecord, OfflineStore, derived_file_id, now
 from service.metrics import record
 
 __all__ = [
@@ -109,11 +111,13 @@ def output_line(custom_id: str, status: int, body: dict[str, Any]) -> dict[str, 
 
 
 class BatchWorker:
-    """The background task that takes every batch not yet final to its end, oldest first."""
+    """The background task that takes every batch not yet final to its end, oldest first. With a
+    store shared by replicas, each replica's worker claims lines of the same batches: a batch is
+    validated, started and finalized once, whichever replica gets there first."""
 
     def __init__(
         self,
-        store: JobStore,
+        store: OfflineStore,
         answer_line: AnswerLine,
         *,
         concurrency: int,
@@ -149,10 +153,10 @@ class BatchWorker:
     async def _run(self) -> None:
         while True:
             try:
-                active = await self.store.active_batches()
-                for batch in active:
-                    await self._advance(batch)
-                if not active:
+                worked = False
+                for batch in await self.store.active_batches():
+                    worked = await self._advance(batch) or worked
+                if not worked:  # nothing here to do, or every line claimed by other replicas
                     self._wake.clear()
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(self._wake.wait(), timeout=5 * self.poll_s)
@@ -162,16 +166,22 @@ class BatchWorker:
                 logger.exception("the batch worker failed; retrying")
                 await asyncio.sleep(1.0)
 
-    async def _advance(self, batch: BatchRecord) -> None:
-        """Take one batch as far as it goes."""
+    async def _advance(self, batch: BatchRecord) -> bool:
+        """Take one batch as far as this worker can; whether anything was done."""
+        seen = batch.status
         if batch.status == "validating":
             batch = await self._validate(batch)
+        worked = batch.status != seen
         if batch.status == "in_progress":
-            batch = await self._answer_pending(batch)
+            batch, answered = await self._answer_lines(batch)
+            worked = worked or answered
         if batch.status == "finalizing":
             await self._finalize(batch, "completed")
+            worked = True
         elif batch.status == "cancelling":
             await self._finalize(batch, "cancelled")
+            worked = True
+        return worked
 
     async def _validate(self, batch: BatchRecord) -> BatchRecord:
         problems: list[dict[str, Any]]
@@ -193,27 +203,35 @@ class BatchWorker:
             failed = await self.store.set_status(
                 batch.id, "failed", only_from=("validating",), errors=problems
             )
-            record.batch_finished("failed")
-            return failed or batch
-        started = await self.store.start_batch(batch.id, lines)
-        logger.info("batch %s: %d lines in progress", batch.id, len(lines))
-        return started or batch
+            if failed is not None:
+                record.batch_finished("failed")
+                return failed
+        elif (started := await self.store.start_batch(batch.id, lines)) is not None:
+            logger.info("batch %s: %d lines in progress", batch.id, len(lines))
+            return started
+        return await self.store.get_batch(batch.id) or batch  # another replica got there first
 
     def _allowed(self) -> int:
         """Lines in flight allowed now: the full share when no interactive request runs."""
         return self.busy_concurrency if self.interactive_busy() else self.concurrency
 
-    async def _answer_pending(self, batch: BatchRecord) -> BatchRecord:
-        queue = deque(await self.store.pending_lines(batch.id))
-        running: dict[asyncio.Task[None], BatchLine] = {}  # in start order
+    async def _answer_lines(self, batch: BatchRecord) -> tuple[BatchRecord, bool]:
+        """Claim lines of an in-progress batch a few at a time and answer them, until none is left
+        to claim; (the batch afterwards, whether this worker recorded any line)."""
+        queue: deque[BatchLine] = deque()  # claimed, not started
+        running: dict[asyncio.Task[bool], BatchLine] = {}  # in start order
+        answered = False
+        renewed = time.monotonic()
         try:
-            while queue or running:
+            while True:
                 current = await self.store.get_batch(batch.id)
                 if current is None or current.status != "in_progress":
-                    return current or batch  # cancelled meanwhile: in-flight lines end below
+                    return current or batch, answered  # cancelled meanwhile: in-flight lines end below
                 if current.expires_at is not None and now() >= current.expires_at:
-                    return await self._expire(current)
+                    return await self._expire(current), True
                 allowed = self._allowed()
+                if (wanted := allowed - len(running) - len(queue)) > 0:
+                    queue.extend(await self.store.claim_lines(batch.id, wanted))
                 while queue and len(running) < allowed:
                     line = queue.popleft()
                     running[asyncio.create_task(self._answer(batch, line))] = line
@@ -224,45 +242,61 @@ class BatchWorker:
                     task.cancel()
                     queue.appendleft(line)
                 record.batch_queue_depth(len(queue) + len(running))
-                if running:
-                    done, _ = await asyncio.wait(
-                        running, timeout=self.poll_s, return_when=asyncio.FIRST_COMPLETED
-                    )
-                    for task in done:
-                        running.pop(task)
-                        if not task.cancelled() and task.exception() is not None:
-                            # The store failed: the line stays pending, for the next pass.
-                            logger.error("batch %s: a line failed: %r", batch.id, task.exception())
-                else:
+                if not queue and not running:
+                    break  # every line answered, or claimed by another replica
+                renewal = self.store.claim_renewal_s
+                if renewal is not None and time.monotonic() - renewed >= renewal:
+                    await self.store.keep_claims(batch.id, [*queue, *running.values()])
+                    renewed = time.monotonic()
+                if not running:
                     await asyncio.sleep(self.poll_s)  # paused while interactive requests run
+                    continue
+                done, _ = await asyncio.wait(
+                    running, timeout=self.poll_s, return_when=asyncio.FIRST_COMPLETED
+                )
+                for task in done:
+                    line = running.pop(task)
+                    if task.cancelled():
+                        continue
+                    if task.exception() is not None:
+                        # The store failed: the line is given back, for the next claim.
+                        logger.error("batch %s: a line failed: %r", batch.id, task.exception())
+                        await self.store.release_lines(batch.id, [line])
+                    else:
+                        answered = answered or task.result()
         finally:
             for task in running:
                 task.cancel()
             await asyncio.gather(*running, return_exceptions=True)
+            with contextlib.suppress(Exception):  # an unreachable store: the claims go stale instead
+                await self.store.release_lines(batch.id, [*queue, *running.values()])
             record.batch_queue_depth(0)
-        if await self.store.pending_lines(batch.id):
-            return batch  # a line's result could not be stored: the next pass retries it
+        if current.completed + current.failed < current.total:
+            return current, answered  # lines other replicas still answer (or to retry)
         finalizing = await self.store.set_status(batch.id, "finalizing", only_from=("in_progress",))
-        return finalizing or batch
+        return finalizing or await self.store.get_batch(batch.id) or current, answered
 
-    async def _answer(self, batch: BatchRecord, line: BatchLine) -> None:
+    async def _answer(self, batch: BatchRecord, line: BatchLine) -> bool:
         status, body = await self.answer_line(batch.endpoint, line.body)
         result = output_line(line.custom_id, status, body)
-        if await self.store.finish_line(batch.id, line.idx, ok=status == 200, result=result):
+        recorded = await self.store.finish_line(batch.id, line, ok=status == 200, result=result)
+        if recorded:
             record.batch_line("completed" if status == 200 else "failed")
+        return recorded
 
     async def _expire(self, batch: BatchRecord) -> BatchRecord:
         """Past the completion window: unanswered lines fail with ``batch_expired``."""
         for line in await self.store.pending_lines(batch.id):
             body = {"error": {"code": "batch_expired", "message": "The batch expired first."}}
             result = output_line(line.custom_id, 408, body) | {"response": None}
-            await self.store.finish_line(batch.id, line.idx, ok=False, result=result)
+            await self.store.finish_line(batch.id, line, ok=False, result=result)
         await self._finalize(batch, "expired")
         return await self.store.get_batch(batch.id) or batch
 
     async def _finalize(self, batch: BatchRecord, final: str) -> None:
         """Assemble the output and error files from the stored results, then mark the batch final.
-        File ids are fixed by the batch, so finalizing again after a crash rewrites the same files."""
+        File ids are fixed by the batch, so finalizing again (after a crash, or on two replicas at
+        once) rewrites the same files; the counts are those of the files."""
         results = await self.store.results(batch.id)
         files: dict[str, str | None] = {"output_file_id": None, "error_file_id": None}
         for role, ok in (("output", True), ("error", False)):
@@ -275,11 +309,18 @@ class BatchWorker:
                 content, filename=f"{batch.id}_{role}.jsonl", purpose="batch_output", file_id=file_id
             )
             files[f"{role}_file_id"] = file_id
-        await self.store.set_status(
-            batch.id, final, only_from=("in_progress", "finalizing", "cancelling"), **files
+        completed = sum(1 for ok, _ in results if ok)
+        moved = await self.store.set_status(
+            batch.id,
+            final,
+            only_from=("in_progress", "finalizing", "cancelling"),
+            completed=completed,
+            failed=len(results) - completed,
+            **files,
         )
-        record.batch_finished(final)
-        logger.info("batch %s %s: %d lines answered", batch.id, final, len(results))
+        if moved is not None:
+            record.batch_finished(final)
+            logger.info("batch %s %s: %d lines answered", batch.id, final, len(results))
 
 
 def _json_line(value: dict[str, Any]) -> str:

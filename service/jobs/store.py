@@ -1,5 +1,6 @@
-"""Durable state of files and batches: metadata in SQLite, file contents as files, under one
-directory (``POWERSERVE_STATE_DIR``).
+"""Durable state of files and batches. ``OfflineStore`` is what the API and the batch worker need of
+it; ``JobStore`` keeps it on this gateway's disk, under one directory (``POWERSERVE_STATE_DIR``),
+``RedisJobStore`` (redis_store.py) in a Redis that several gateway replicas share.
 
     <state dir>/state.sqlite3      files, batches, and every batch line (pending or done, its result)
     <state dir>/files/<file id>    the bytes of each file
@@ -22,14 +23,16 @@ import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 __all__ = [
     "ACTIVE_BATCH_STATUSES",
+    "BATCH_TIMES",
     "BatchLine",
     "BatchRecord",
     "FileRecord",
     "JobStore",
+    "OfflineStore",
     "derived_file_id",
     "new_file_id",
     "now",
@@ -139,7 +142,7 @@ class FileRecord:
         }
 
 
-_TIMES = (
+BATCH_TIMES = (
     "expires_at",
     "in_progress_at",
     "finalizing_at",
@@ -190,7 +193,7 @@ class BatchRecord:
                 "completed": self.completed,
                 "failed": self.failed,
             },
-        } | {name: self.times.get(name) for name in _TIMES}
+        } | {name: self.times.get(name) for name in BATCH_TIMES}
 
 
 @dataclass(frozen=True)
@@ -198,6 +201,73 @@ class BatchLine:
     idx: int
     custom_id: str
     body: dict[str, Any]
+    claim: str = ""  # the store's handle on this worker's claim of the line (a Redis stream entry)
+
+
+class OfflineStore(Protocol):
+    """Files and batches, wherever they are kept. Lines are *claimed* by a worker before it answers
+    them: a claimed line is not handed to another worker while its claim lives, and a line is
+    recorded once, by whichever worker finishes it first."""
+
+    # Renew claims this often (seconds), or None where a claim lives as long as its process.
+    claim_renewal_s: float | None
+
+    async def add_file(
+        self, content: bytes, *, filename: str, purpose: str, file_id: str | None = None
+    ) -> FileRecord: ...
+    async def get_file(self, file_id: str) -> FileRecord | None: ...
+    async def list_files(
+        self, *, purpose: str | None, limit: int, after: str | None, ascending: bool
+    ) -> tuple[list[FileRecord], bool]: ...
+    async def read_content(self, file_id: str) -> bytes: ...
+    async def delete_file(self, file_id: str) -> bool: ...
+
+    async def add_batch(
+        self,
+        *,
+        input_file_id: str,
+        endpoint: str,
+        completion_window: str,
+        window_s: int,
+        metadata: dict[str, str] | None,
+    ) -> BatchRecord: ...
+    async def get_batch(self, batch_id: str) -> BatchRecord | None: ...
+    async def list_batches(self, *, limit: int, after: str | None) -> tuple[list[BatchRecord], bool]: ...
+    async def active_batches(self) -> list[BatchRecord]: ...
+    async def set_status(
+        self, batch_id: str, status: str, *, only_from: Sequence[str] | None = None, **fields: Any
+    ) -> BatchRecord | None:
+        """Move a batch to ``status`` (stamping ``<status>_at``), only from one of ``only_from``
+        when given: the batch afterwards, or None when this call did not move it."""
+        ...
+
+    async def start_batch(self, batch_id: str, lines: Sequence[BatchLine]) -> BatchRecord | None:
+        """validating -> in_progress with every line stored unclaimed: the batch, or None when
+        another call started it (or it is no longer validating)."""
+        ...
+
+    async def claim_lines(self, batch_id: str, count: int) -> list[BatchLine]:
+        """Up to ``count`` unanswered lines no live claim holds, now claimed by this store."""
+        ...
+
+    async def keep_claims(self, batch_id: str, lines: Sequence[BatchLine]) -> None:
+        """Renew the claims on lines still being worked on."""
+        ...
+
+    async def release_lines(self, batch_id: str, lines: Sequence[BatchLine]) -> None:
+        """Give up claims on lines this worker will not answer (another may take them at once)."""
+        ...
+
+    async def finish_line(
+        self, batch_id: str, line: BatchLine, *, ok: bool, result: dict[str, Any]
+    ) -> bool:
+        """Record a line's result, while the batch is in progress, and end its claim; whether this
+        call recorded it (False: the line was already answered, or the batch cancelled)."""
+        ...
+
+    async def pending_lines(self, batch_id: str) -> list[BatchLine]: ...
+    async def results(self, batch_id: str) -> list[tuple[bool, dict[str, Any]]]: ...
+    async def close(self) -> None: ...
 
 
 def _file(row: sqlite3.Row) -> FileRecord:
@@ -215,7 +285,7 @@ def _batch(row: sqlite3.Row) -> BatchRecord:
         completion_window=row["completion_window"],
         created_at=row["created_at"],
         metadata=json.loads(row["metadata"]) if row["metadata"] else None,
-        times={name: row[name] for name in _TIMES},
+        times={name: row[name] for name in BATCH_TIMES},
         output_file_id=row["output_file_id"],
         error_file_id=row["error_file_id"],
         errors=json.loads(row["errors"]) if row["errors"] else None,
@@ -226,7 +296,11 @@ def _batch(row: sqlite3.Row) -> BatchRecord:
 
 
 class JobStore:
-    """Files and batches on disk. Every method is a coroutine that does its I/O in a thread."""
+    """Files and batches on disk, for one gateway. Every method is a coroutine that does its I/O
+    in a thread. Claims live in memory: one worker uses the store, and after a restart every
+    unanswered line is free again."""
+
+    claim_renewal_s: float | None = None
 
     def __init__(self, root: Path):
         self.root = Path(root)
@@ -241,8 +315,9 @@ class JobStore:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(_SCHEMA)
+        self._claimed: dict[str, set[int]] = {}  # batch id -> lines handed to the worker
 
-    def close(self) -> None:
+    async def close(self) -> None:
         with self._lock:
             self._db.close()
 
@@ -382,10 +457,10 @@ class JobStore:
         **fields: Any,
     ) -> BatchRecord | None:
         """Move a batch to ``status`` (stamping ``<status>_at``), only from one of ``only_from``
-        when given; the batch as it is afterwards."""
+        when given: the batch afterwards, or None when this call did not move it."""
         values = dict(fields)
         stamp = f"{status}_at"
-        if stamp in _TIMES:
+        if stamp in BATCH_TIMES:
             values.setdefault(stamp, now())
         for name in ("errors", "metadata"):
             if name in values and values[name] is not None:
@@ -395,30 +470,31 @@ class JobStore:
         )
 
         def write(db: sqlite3.Connection) -> BatchRecord | None:
-            db.execute(query, parameters)
-            return self._get_batch(db, batch_id)
+            moved = db.execute(query, parameters).rowcount > 0
+            return self._get_batch(db, batch_id) if moved else None
 
         return await self.run(write)
 
     async def start_batch(self, batch_id: str, lines: Sequence[BatchLine]) -> BatchRecord | None:
         """validating → in_progress, with every line stored pending (once: a restart that validates
-        again replaces nothing)."""
+        again replaces nothing); None when the batch was no longer validating."""
 
         def write(db: sqlite3.Connection) -> BatchRecord | None:
-            def work() -> None:
-                db.executemany(
-                    "INSERT OR IGNORE INTO batch_lines (batch_id, idx, custom_id, body) "
-                    "VALUES (?, ?, ?, ?)",
-                    [(batch_id, line.idx, line.custom_id, json.dumps(line.body)) for line in lines],
-                )
-                db.execute(
+            def work() -> bool:
+                moved = db.execute(
                     "UPDATE batches SET status = 'in_progress', in_progress_at = ?, total = ? "
                     "WHERE id = ? AND status = 'validating'",
                     (now(), len(lines), batch_id),
-                )
+                ).rowcount
+                if moved:
+                    db.executemany(
+                        "INSERT OR IGNORE INTO batch_lines (batch_id, idx, custom_id, body) "
+                        "VALUES (?, ?, ?, ?)",
+                        [(batch_id, line.idx, line.custom_id, json.dumps(line.body)) for line in lines],
+                    )
+                return bool(moved)
 
-            self.transaction(db, work)
-            return self._get_batch(db, batch_id)
+            return self._get_batch(db, batch_id) if self.transaction(db, work) else None
 
         return await self.run(write)
 
@@ -433,15 +509,45 @@ class JobStore:
 
         return await self.run(read)
 
-    async def finish_line(self, batch_id: str, idx: int, *, ok: bool, result: dict[str, Any]) -> bool:
+    async def claim_lines(self, batch_id: str, count: int) -> list[BatchLine]:
+        claimed = self._claimed.setdefault(batch_id, set())
+        held = sorted(claimed)  # few: the lines in flight
+
+        def read(db: sqlite3.Connection) -> list[BatchLine]:
+            rows = db.execute(
+                "SELECT idx, custom_id, body FROM batch_lines WHERE batch_id = ? AND done = 0 "
+                f"AND idx NOT IN ({', '.join('?' * len(held))}) ORDER BY idx LIMIT ?",
+                (batch_id, *held, count),
+            )
+            return [BatchLine(r["idx"], r["custom_id"], json.loads(r["body"])) for r in rows]
+
+        taken = await self.run(read) if count > 0 else []
+        claimed.update(line.idx for line in taken)
+        return taken
+
+    async def keep_claims(self, batch_id: str, lines: Sequence[BatchLine]) -> None:
+        return None  # a claim here lives as long as the process
+
+    async def release_lines(self, batch_id: str, lines: Sequence[BatchLine]) -> None:
+        claimed = self._claimed.get(batch_id, set())
+        claimed.difference_update(line.idx for line in lines)
+        if not claimed:
+            self._claimed.pop(batch_id, None)
+
+    async def finish_line(
+        self, batch_id: str, line: BatchLine, *, ok: bool, result: dict[str, Any]
+    ) -> bool:
         """Record a line's result, if it is still pending; whether this call recorded it."""
+        idx = line.idx  # the claim is this process's, in memory
 
         def write(db: sqlite3.Connection) -> bool:
             def work() -> bool:
+                # Only while the batch runs: after a cancel, the files hold what came before.
                 updated = db.execute(
                     "UPDATE batch_lines SET done = 1, ok = ?, result = ? "
-                    "WHERE batch_id = ? AND idx = ? AND done = 0",
-                    (int(ok), json.dumps(result), batch_id, idx),
+                    "WHERE batch_id = ? AND idx = ? AND done = 0 AND "
+                    "(SELECT status FROM batches WHERE id = ?) = 'in_progress'",
+                    (int(ok), json.dumps(result), batch_id, idx, batch_id),
                 ).rowcount
                 if updated:
                     column = "completed" if ok else "failed"
@@ -450,7 +556,9 @@ class JobStore:
 
             return self.transaction(db, work)
 
-        return await self.run(write)
+        recorded = await self.run(write)
+        await self.release_lines(batch_id, [line])
+        return recorded
 
     async def results(self, batch_id: str) -> list[tuple[bool, dict[str, Any]]]:
         """Each answered line's (ok, output line), in input order."""
@@ -461,21 +569,6 @@ class JobStore:
                 (batch_id,),
             )
             return [(bool(r["ok"]), json.loads(r["result"])) for r in rows]
-
-        return await self.run(read)
-
-    async def count_lines(self) -> dict[str, int]:
-        """Batch lines by state across all batches (for the queue-depth gauge)."""
-
-        def read(db: sqlite3.Connection) -> dict[str, int]:
-            rows = db.execute(
-                "SELECT done, ok, COUNT(*) AS n FROM batch_lines GROUP BY done, ok"
-            ).fetchall()
-            counts = {"pending": 0, "completed": 0, "failed": 0}
-            for row in rows:
-                key = "pending" if not row["done"] else "completed" if row["ok"] else "failed"
-                counts[key] += row["n"]
-            return counts
 
         return await self.run(read)
 

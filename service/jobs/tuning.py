@@ -35,7 +35,7 @@ from service.distill.teacher import PowerParams, generate_teacher
 from service.engines.base import scheduling_priority
 from service.errors import InvalidRequestError
 from service.jobs.files import parse_jsonl
-from service.jobs.store import JobStore, derived_file_id, now
+from service.jobs.store import OfflineStore, derived_file_id, now
 from service.jobs.tuning_store import ACTIVE_TUNING_STATUSES, FineTuningJob, FineTuningStore
 from service.metrics import record
 from service.pipeline import fine_tuned_route
@@ -155,7 +155,7 @@ class FineTuningWorker:
 
     def __init__(
         self,
-        files: JobStore,
+        files: OfflineStore,
         jobs: FineTuningStore,
         services: Services,
         *,

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 from service.metrics.registry import (
     ANSWER_NLL,
     BATCH_LINES,
+    BATCH_LINES_TAKEN_OVER,
     BATCH_QUEUE_DEPTH,
     BATCHES,
     CACHE_ERRORS,
@@ -40,6 +41,7 @@ __all__ = [
     "answer_computed",
     "batch_finished",
     "batch_line",
+    "batch_lines_taken_over",
     "batch_queue_depth",
     "cache_error",
     "cache_lookup",
@@ -113,6 +115,11 @@ def batch_line(result: str) -> None:
 def batch_finished(status: str) -> None:
     """A batch reached a final status."""
     BATCHES.labels(status).inc()
+
+
+def batch_lines_taken_over(lines: int) -> None:
+    """Lines claimed from a replica whose claims went stale."""
+    BATCH_LINES_TAKEN_OVER.inc(lines)
 
 
 def batch_queue_depth(lines: int) -> None:

@@ -25,6 +25,7 @@ __all__ = [
     "ANSWER_NLL",
     "BATCHES",
     "BATCH_LINES",
+    "BATCH_LINES_TAKEN_OVER",
     "BATCH_QUEUE_DEPTH",
     "CACHE_ERRORS",
     "CACHE_LOOKUPS",
@@ -166,7 +167,14 @@ BATCHES = Counter(
 )
 BATCH_QUEUE_DEPTH = Gauge(
     "powerserve_batch_queue_depth",
-    "Lines of the batch being worked on that are not answered yet (queued or in flight).",
+    "Lines of the batch being worked on that this gateway holds, not answered yet (queued or in "
+    "flight).",
+    registry=REGISTRY,
+)
+BATCH_LINES_TAKEN_OVER = Counter(
+    "powerserve_batch_lines_taken_over",
+    "Batch lines this gateway took over from a replica that stopped renewing its claims (it died "
+    "or lost Redis), with the job store in Redis.",
     registry=REGISTRY,
 )
 FINE_TUNING_JOBS = Counter(

@@ -49,13 +49,13 @@ def test_jobs_move_only_from_active_statuses_and_events_page_newest_first(tmp_pa
         older, more = await tuning.list_events(job.id, limit=3, after=events[-1].to_json()["id"])
         assert [e.data for e in older] == [{"i": 1}, {"i": 0}] and not more
         assert events[0].to_json()["object"] == "fine_tuning.job.event"
-        store.close()
+        await store.close()
 
         # Everything is on disk: a new store on the same directory sees it.
         reopened = FineTuningStore(JobStore(tmp_path))
         kept = await reopened.get_job(job.id)
         assert kept is not None and kept.status == "succeeded" and kept.metadata == {"team": "a"}
-        reopened.store.close()
+        await reopened.store.close()
 
     asyncio.run(scenario())
 

@@ -2,7 +2,7 @@
 on the tiny model) and serves every route from them, exactly; chains stick to a worker; a worker that
 stalls or dies loses no request; with none left the gateway answers 503 at once.
 
-The tests run in file order: the last ones stop the workers.
+The tests run in file order: the last ones stop the workers (tests/remote/conftest.py).
 """
 
 from __future__ import annotations
@@ -12,55 +12,18 @@ import json
 import os
 import signal
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
-import pytest
 
-from tests.conftest import TINY_MODEL_NAME, TINY_PROMPT, start_service, tiny_engine_args
-from tests.harness import PrometheusProcess, ServiceProcess
+from tests.conftest import TINY_MODEL_NAME, TINY_PROMPT
+from tests.harness import PrometheusProcess
 from tests.power.test_exactness import ALPHA, BLOCK, HORIZON, draw, sampler_law
+from tests.remote.conftest import Stack
 from tests.stats import empirical, total_variation, tv_bound
 from tests.tiny_model import ExactModel
 
 POWER = f"{TINY_MODEL_NAME}-power"
-
-
-class Stack:
-    def __init__(self, gateway: ServiceProcess, workers: list[ServiceProcess]):
-        self.gateway = gateway
-        self.workers = workers
-
-    def requests_by_worker(self) -> list[float]:
-        return [
-            self.gateway.metric("powerserve_worker_requests_total", worker=w.url) for w in self.workers
-        ]
-
-
-@pytest.fixture(scope="module")
-def stack(
-    tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path, tiny_adapter: Path
-) -> Iterator[Stack]:
-    args = [*tiny_engine_args(tiny_model_dir), "--distilled-adapter", str(tiny_adapter)]
-    logs = tmp_path_factory.mktemp("remote")
-    workers = [ServiceProcess(args, logs / f"worker-{i}.log", command="worker") for i in range(2)]
-    gateway = None
-    try:
-        for worker in workers:
-            worker.wait_ready()
-        urls = ",".join(worker.url for worker in workers)
-        gateway = start_service(
-            tmp_path_factory,
-            "gateway",
-            [*args, "--max-n", "512", "--worker-health-interval-s", "1", "--power-method", "mh"],
-            env={"POWERSERVE_WORKERS": urls},
-        )
-        yield Stack(gateway, workers)
-    finally:
-        for process in [gateway, *workers]:
-            if process is not None:
-                process.stop()
 
 
 def completion(stack: Stack, **body: object) -> httpx.Response:

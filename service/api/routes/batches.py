@@ -100,7 +100,7 @@ async def cancel_batch(request: Request, batch_id: str) -> dict[str, Any]:
         cancelled = await jobs.store.set_status(
             batch_id, "cancelling", only_from=("validating", "in_progress")
         )
-        batch = cancelled or batch
+        batch = cancelled or await _batch(jobs, batch_id)  # moved meanwhile: as it is now
         jobs.wake()
     elif batch.status not in ("cancelling", "cancelled"):
         raise InvalidRequestError(

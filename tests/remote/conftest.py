@@ -1,0 +1,54 @@
+"""The remote-mode stack: two real `powerserve worker` processes (stock vLLM OpenAI servers on the
+tiny model) and a gateway on them, started once for the package. Modules run in file order, and
+test_remote_mode.py, last, ends by killing the workers."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import start_service, tiny_engine_args
+from tests.harness import ServiceProcess
+
+
+class Stack:
+    def __init__(self, gateway: ServiceProcess, workers: list[ServiceProcess], args: list[str]):
+        self.gateway = gateway
+        self.workers = workers
+        self.args = args  # the model arguments workers and gateways share
+
+    @property
+    def worker_urls(self) -> str:
+        return ",".join(worker.url for worker in self.workers)
+
+    def requests_by_worker(self) -> list[float]:
+        return [
+            self.gateway.metric("powerserve_worker_requests_total", worker=w.url) for w in self.workers
+        ]
+
+
+@pytest.fixture(scope="package")
+def stack(
+    tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path, tiny_adapter: Path
+) -> Iterator[Stack]:
+    args = [*tiny_engine_args(tiny_model_dir), "--distilled-adapter", str(tiny_adapter)]
+    logs = tmp_path_factory.mktemp("remote")
+    workers = [ServiceProcess(args, logs / f"worker-{i}.log", command="worker") for i in range(2)]
+    gateway = None
+    try:
+        for worker in workers:
+            worker.wait_ready()
+        urls = ",".join(worker.url for worker in workers)
+        gateway = start_service(
+            tmp_path_factory,
+            "gateway",
+            [*args, "--max-n", "512", "--worker-health-interval-s", "1", "--power-method", "mh"],
+            env={"POWERSERVE_WORKERS": urls},
+        )
+        yield Stack(gateway, workers, args)
+    finally:
+        for process in [gateway, *workers]:
+            if process is not None:
+                process.stop()
