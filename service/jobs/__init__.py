@@ -7,6 +7,7 @@ files.py     what an upload must be (JSONL, size and line caps)
 batches.py   batch validation and the background worker that answers batch lines
 tuning.py    fine-tuning jobs: power self-distillation (teacher, LoRA training, serving, eval)
 tuning_store.py  their durable state and events
+worker.py    the background loop both workers run on
 
 Nothing here knows HTTP: the worker answers a line through a function the API layer gives it.
 """

@@ -29,6 +29,7 @@ from typing import Any
 
 from service.jobs.files import parse_jsonl
 from service.jobs.store import BatchLine, BatchRecord, OfflineStore, derived_file_id, now
+from service.jobs.worker import BackgroundWorker
 from service.metrics import record
 
 __all__ = [
@@ -110,7 +111,7 @@ def output_line(custom_id: str, status: int, body: dict[str, Any]) -> dict[str, 
     }
 
 
-class BatchWorker:
+class BatchWorker(BackgroundWorker):
     """The background task that takes every batch not yet final to its end, oldest first. With a
     store shared by replicas, each replica's worker claims lines of the same batches: a batch is
     validated, started and finalized once, whichever replica gets there first."""
@@ -125,46 +126,21 @@ class BatchWorker:
         interactive_busy: Callable[[], bool],
         poll_s: float = 0.2,
     ):
+        super().__init__("batch worker", idle_s=5 * poll_s)
         self.store = store
         self.answer_line = answer_line
         self.concurrency = concurrency
         self.busy_concurrency = busy_concurrency
         self.interactive_busy = interactive_busy
         self.poll_s = poll_s
-        self._wake = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
 
-    def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="batch-worker")
-
-    def wake(self) -> None:
-        """A batch was created or cancelled: look now rather than at the next poll."""
-        self._wake.set()
-
-    async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
-
-    # --- the loop ------------------------------------------------------------------------------
-
-    async def _run(self) -> None:
-        while True:
-            try:
-                worked = False
-                for batch in await self.store.active_batches():
-                    worked = await self._advance(batch) or worked
-                if not worked:  # nothing here to do, or every line claimed by other replicas
-                    self._wake.clear()
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self._wake.wait(), timeout=5 * self.poll_s)
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                logger.exception("the batch worker failed; retrying")
-                await asyncio.sleep(1.0)
+    async def _pass(self) -> bool:
+        """Every active batch as far as it goes; nothing done: nothing here, or every line is
+        claimed by other replicas."""
+        worked = False
+        for batch in await self.store.active_batches():
+            worked = await self._advance(batch) or worked
+        return worked
 
     async def _advance(self, batch: BatchRecord) -> bool:
         """Take one batch as far as this worker can; whether anything was done."""

@@ -478,12 +478,12 @@ class RedisJobStore:
             bound = await self._redis.zscore(index, after) if after is not None else None
             low = f"({bound}" if bound is not None and ascending else "-inf"
             high = f"({bound}" if bound is not None and not ascending else "+inf"
+            fetch: Callable[..., Awaitable[list[bytes]]] = (
+                self._redis.zrangebyscore if ascending else self._redis.zrevrangebyscore
+            )
+            bounds = (low, high) if ascending else (high, low)
             offset = 0
             while len(found) <= limit:
-                fetch: Callable[..., Awaitable[list[bytes]]] = (
-                    self._redis.zrangebyscore if ascending else self._redis.zrevrangebyscore
-                )
-                bounds = (low, high) if ascending else (high, low)
                 ids = await fetch(index, *bounds, start=offset, num=limit + 1)
                 if not ids:
                     break

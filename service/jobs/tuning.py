@@ -19,7 +19,6 @@ trained again), and serves the models of succeeded jobs again before it takes re
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import sys
@@ -37,6 +36,7 @@ from service.errors import InvalidRequestError
 from service.jobs.files import parse_jsonl
 from service.jobs.store import OfflineStore, derived_file_id, now
 from service.jobs.tuning_store import ACTIVE_TUNING_STATUSES, FineTuningJob, FineTuningStore
+from service.jobs.worker import BackgroundWorker
 from service.metrics import record
 from service.pipeline import fine_tuned_route
 from service.runtime import Services
@@ -150,7 +150,7 @@ class _Events:
         await asyncio.shield(self._writer)
 
 
-class FineTuningWorker:
+class FineTuningWorker(BackgroundWorker):
     """Runs fine-tuning jobs one at a time, oldest first, in the gateway process."""
 
     def __init__(
@@ -162,13 +162,12 @@ class FineTuningWorker:
         priority: int,
         concurrency: int,
     ):
+        super().__init__("fine-tuning worker", idle_s=1.0)
         self.files = files
         self.jobs = jobs
         self.services = services
         self.priority = priority
         self.concurrency = concurrency
-        self._wake = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
         self._running: tuple[str, asyncio.Task[None]] | None = None
 
     async def restore(self) -> None:
@@ -182,50 +181,30 @@ class FineTuningWorker:
             except Exception:  # one broken adapter must not keep the service from starting
                 logger.exception("fine-tuning job %s: its model cannot be served", job.id)
 
-    def start(self) -> None:
-        self._task = asyncio.create_task(self._loop(), name="fine-tuning-worker")
-
-    def wake(self) -> None:
-        self._wake.set()
-
     def cancel(self, job_id: str) -> None:
         """Stop a job's work now (its status is the caller's to set)."""
         if self._running is not None and self._running[0] == job_id:
             self._running[1].cancel()
 
-    async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-
-    async def _loop(self) -> None:
-        while True:
-            try:
-                active = await self.jobs.jobs_with_status(ACTIVE_TUNING_STATUSES)
-                if not active:
-                    self._wake.clear()
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self._wake.wait(), timeout=1.0)
-                    continue
-                job = active[0]
-                task = asyncio.create_task(self._run(job), name=f"fine-tuning-{job.id}")
-                self._running = (job.id, task)
-                try:
-                    await asyncio.wait({task})  # a cancelled job ends its task, not this loop
-                except asyncio.CancelledError:  # the worker is closing: the job resumes next start
-                    task.cancel()
-                    await asyncio.gather(task, return_exceptions=True)
-                    raise
-                finally:
-                    self._running = None
-                if not task.cancelled() and task.exception() is not None:
-                    raise task.exception()  # type: ignore[misc]  # logged below, then retried
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                logger.exception("the fine-tuning worker failed; retrying")
-                await asyncio.sleep(1.0)
+    async def _pass(self) -> bool:
+        """The oldest active job, run to its end (or its cancel)."""
+        active = await self.jobs.jobs_with_status(ACTIVE_TUNING_STATUSES)
+        if not active:
+            return False
+        job = active[0]
+        task = asyncio.create_task(self._run(job), name=f"fine-tuning-{job.id}")
+        self._running = (job.id, task)
+        try:
+            await asyncio.wait({task})  # a cancelled job ends its task, not this loop
+        except asyncio.CancelledError:  # the worker is closing: the job resumes next start
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            raise
+        finally:
+            self._running = None
+        if not task.cancelled() and task.exception() is not None:
+            raise task.exception()  # type: ignore[misc]  # logged by the loop, then retried
+        return True
 
     # --- one job -----------------------------------------------------------------------------
 
