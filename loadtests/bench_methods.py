@@ -17,6 +17,7 @@ Ratios are formed within this run. The default method and N of the power route a
 the highest self-reward gain over plain per second of latency in (i). Results go to
 loadtests/results/bench_methods.json and a Markdown table on stdout.
 
+    make bench          (then bench_power)
     python -m loadtests.bench_methods [--prompts 8 --max-tokens 64 --particles 4 8 16]
 """
 
@@ -33,14 +34,13 @@ from typing import Any
 import httpx
 
 from loadtests.bench_power import UNCACHED
+from loadtests.harness import ServiceProcess
+from loadtests.load_report import RESULTS
 from loadtests.prompts import PROMPTS, messages
 from service.config import DEFAULT_MODEL_NAME, Settings
 from service.distill.data import DEFAULT_PROMPTS, read_prompts
 from service.distill.evaluate import answer_is_correct
 from service.model_store import ensure_default_model
-from tests.harness import ServiceProcess
-
-RESULTS = Path(__file__).parent / "results"
 
 
 def parse_args() -> argparse.Namespace:

@@ -11,6 +11,7 @@ For a batch of prompts, with equal alpha, mcmc_steps, block_size and max_tokens 
 Each figure is the median of --repeats runs; ratios are formed within one run (this machine is shared
 and noisy). Results go to loadtests/results/bench_power.json and a Markdown table on stdout.
 
+    make bench          (after bench_methods)
     python -m loadtests.bench_power [--prompts 8 --max-tokens 32 --block-size 8 --mcmc-steps 4]
 """
 
@@ -26,12 +27,14 @@ from typing import Any
 
 import httpx
 
+from loadtests.harness import ServiceProcess
+from loadtests.load_report import RESULTS, measure_table
 from loadtests.prompts import PROMPTS, messages
 from service.config import DEFAULT_MODEL_NAME, Settings
 from service.model_store import ensure_default_model
-from tests.harness import ServiceProcess
 
-RESULTS = Path(__file__).parent / "results"
+__all__ = ["UNCACHED"]  # what bench_methods and bench_remote use
+
 # Seeds repeat from one run to the next: the service's response cache must stay out of the figures.
 UNCACHED = {"cache": {"no-cache": True, "no-store": True}}
 
@@ -298,7 +301,7 @@ def table(summary: dict, args: argparse.Namespace) -> str:
             f"{summary['self_reward_power']:.3f} vs {summary['self_reward_plain']:.3f}",
         ),
     ]
-    return "\n".join(["| measure | result |", "|---|---|"] + [f"| {a} | {b} |" for a, b in rows])
+    return measure_table(rows)
 
 
 def main() -> None:

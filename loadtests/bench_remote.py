@@ -7,6 +7,9 @@ default model, each pinned to its own CPU core (on a GPU host: one GPU each), an
       worker 0 only, and over both workers.
 
 Results go to loadtests/results/bench_remote.json and a Markdown table on stdout.
+
+    make bench-remote
+    python -m loadtests.bench_remote [--clients 4 --seconds 30 --repeats 3 --power-prompts 8]
 """
 
 from __future__ import annotations
@@ -21,12 +24,12 @@ from pathlib import Path
 import httpx
 
 from loadtests.bench_power import UNCACHED
+from loadtests.harness import ServiceProcess
+from loadtests.load_report import RESULTS, measure_table
 from loadtests.prompts import PROMPTS, messages
 from service.config import DEFAULT_MODEL_NAME, Settings
 from service.model_store import ensure_default_model
-from tests.harness import ServiceProcess
 
-RESULTS = Path(__file__).parent / "results"
 MODEL = DEFAULT_MODEL_NAME
 
 
@@ -181,7 +184,7 @@ def main() -> None:
          f"{summary['two_workers_over_one_power_throughput']:.2f}x "
          f"({summary['one_worker_power_tokens_per_s']:.1f} generated tok/s with one)"),
     ]  # fmt: skip
-    print("\n".join(["| measure | result |", "|---|---|"] + [f"| {a} | {b} |" for a, b in rows]))
+    print(measure_table(rows))
 
 
 if __name__ == "__main__":

@@ -12,11 +12,15 @@ Lines in flight are the same in every run (``--concurrency`` in all, split betwe
 wall time, lines per second, lines each replica answered, lines taken over, and whether every line is
 in the output exactly once. Results go to loadtests/results/bench_replicas.json and a Markdown table
 on stdout.
+
+    make bench-jobs     (with bench_batch and bench_fine_tuning)
+    python -m loadtests.bench_replicas [--lines 48 --max-tokens 32 --concurrency 8]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import signal
@@ -25,15 +29,14 @@ import time
 from collections import Counter
 from pathlib import Path
 
-import openai
+import httpx
 from redis import Redis
 
-from loadtests.bench_batch import MODEL, submit_batch
+from loadtests.bench_batch import MODEL, batch_status, submit_batch
+from loadtests.harness import RedisProcess, ServiceProcess
+from loadtests.load_report import RESULTS
 from service.config import Settings
 from service.model_store import ensure_default_model
-from tests.harness import RedisProcess, ServiceProcess
-
-RESULTS = Path(__file__).parent / "results"
 
 
 def answered(replica: ServiceProcess) -> float:
@@ -52,19 +55,19 @@ def run_batch(
     flags += ["--batch-claim-timeout-s", str(args.claim_timeout_s)]
     gateways = []
     try:
-        with tempfile.TemporaryDirectory() as state:
+        with tempfile.TemporaryDirectory() as state, contextlib.ExitStack() as clients:
             for i in range(replicas):
                 log = RESULTS / f"bench_replicas.{name}.gateway-{i}.log"
                 state_dir = ["--state-dir", f"{state}/{i}"]
                 gateways.append(ServiceProcess([*flags, *state_dir], log, env=env).wait_ready())
-            sdk = [openai.OpenAI(base_url=g.base_url, api_key="unused", max_retries=0) for g in gateways]
+            api = [clients.enter_context(httpx.Client(base_url=g.url, timeout=600)) for g in gateways]
             began = time.monotonic()
-            batch_id = submit_batch(sdk[0], args.lines, args.max_tokens)
+            batch_id = submit_batch(api[0], args.lines, args.max_tokens)
             killed_at = None
             by_replica_at_kill: list[float] = []
-            while (batch := sdk[-1].batches.retrieve(batch_id)).status != "completed":
-                assert batch.status in ("validating", "in_progress", "finalizing"), batch
-                done = batch.request_counts.completed if batch.request_counts else 0
+            while (batch := batch_status(api[-1], batch_id))["status"] != "completed":
+                assert batch["status"] in ("validating", "in_progress", "finalizing"), batch
+                done = (batch.get("request_counts") or {}).get("completed", 0)
                 if kill and killed_at is None and done >= args.lines // 3:
                     by_replica_at_kill = [answered(g) for g in gateways]
                     os.killpg(gateways[0].process.pid, signal.SIGKILL)
@@ -72,8 +75,9 @@ def run_batch(
                     killed_at = time.monotonic()
                 time.sleep(0.2)
             seconds = time.monotonic() - began
-            output = sdk[-1].files.content(batch.output_file_id).text.splitlines()
-            ids = Counter(json.loads(line)["custom_id"] for line in output)
+            output = api[-1].get(f"/v1/files/{batch['output_file_id']}/content").raise_for_status()
+            lines = output.text.splitlines()
+            ids = Counter(json.loads(line)["custom_id"] for line in lines)
             live = gateways[1:] if kill else gateways
             by_replica = by_replica_at_kill[:1] if kill else []
             by_replica += [answered(g) for g in live]

@@ -7,6 +7,9 @@
     against the same request computed uncached.
 
 Results go to loadtests/results/bench_serving.json and a Markdown table on stdout.
+
+    make bench-serving
+    python -m loadtests.bench_serving [--max-tokens 128 --clients 100 --seconds 20]
 """
 
 from __future__ import annotations
@@ -19,21 +22,20 @@ import tempfile
 import time
 from pathlib import Path
 
-import aiohttp
 import httpx
 
+from loadtests.client import Lanes
+from loadtests.harness import RedisProcess, ServiceProcess
+from loadtests.load_report import RESULTS, measure_table, percentile
 from service.config import DEFAULT_MODEL_NAME, Settings
 from service.model_store import ensure_default_model
-from tests.harness import RedisProcess, ServiceProcess
 
-RESULTS = Path(__file__).parent / "results"
 MODEL = DEFAULT_MODEL_NAME
 STORY = [{"role": "user", "content": "Write a long story about a lighthouse keeper and a storm."}]
 
 
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+def p(values: list[float], rank: int) -> float:
+    return percentile(values, rank, method="nearest")
 
 
 async def decode_rate(client: httpx.AsyncClient, streams: int, max_tokens: int) -> float:
@@ -53,7 +55,8 @@ async def decode_rate(client: httpx.AsyncClient, streams: int, max_tokens: int) 
 
 async def cache_latency(base_url: str, clients: int, seconds: float) -> dict:
     """Seeded chat requests answered from the cache: one client alone, then ``clients`` in a closed
-    loop. The load comes from aiohttp, whose pool costs the shared cores far less than httpx's
+    loop. The load comes from httpx lanes (a client of one connection per loop, loadtests/client.py),
+    not from one shared pool, whose cost on the shared cores grows with the clients
     (encode/httpx#3215): the figure is the gateway's, not the load generator's."""
     url = f"{base_url}/v1/chat/completions"
     body = {
@@ -63,23 +66,21 @@ async def cache_latency(base_url: str, clients: int, seconds: float) -> dict:
         "seed": 7,
     }
 
-    async def post(session: aiohttp.ClientSession, payload: dict) -> tuple[float, str]:
+    async def post(lanes: Lanes, payload: dict) -> tuple[float, str]:
         began = time.monotonic()
-        async with session.post(url, json=payload) as response:
-            response.raise_for_status()
-            await response.read()
-            return time.monotonic() - began, response.headers["x-powerserve-cache"]
+        response = await lanes.post(url, json=payload)
+        response.raise_for_status()
+        return time.monotonic() - began, response.headers["x-powerserve-cache"]
 
-    connector = aiohttp.TCPConnector(limit=clients)
-    async with aiohttp.ClientSession(connector=connector) as session:
+    async with Lanes(timeout=300) as lanes:
         uncached = [
-            (await post(session, body | {"seed": 100 + i, "cache": {"no-store": True}}))[0]
+            (await post(lanes, body | {"seed": 100 + i, "cache": {"no-store": True}}))[0]
             for i in range(5)
         ]
-        await post(session, body)  # computed and stored
+        await post(lanes, body)  # computed and stored
         alone = []
         for _ in range(50):
-            latency, result = await post(session, body)
+            latency, result = await post(lanes, body)
             assert result == "hit"
             alone.append(latency)
         latencies: list[float] = []
@@ -87,19 +88,19 @@ async def cache_latency(base_url: str, clients: int, seconds: float) -> dict:
 
         async def client_loop() -> None:
             while time.monotonic() < deadline:
-                latency, result = await post(session, body)
+                latency, result = await post(lanes, body)
                 assert result == "hit"
                 latencies.append(latency)
 
         await asyncio.gather(*(client_loop() for _ in range(clients)))
     return {
         "clients": clients,
-        "hit_alone_p50_s": percentile(alone, 0.5),
-        "hit_alone_p99_s": percentile(alone, 0.99),
+        "hit_alone_p50_s": p(alone, 50),
+        "hit_alone_p99_s": p(alone, 99),
         "hits": len(latencies),
         "hits_per_s": len(latencies) / seconds,
-        "hit_p50_s": percentile(latencies, 0.5),
-        "hit_p99_s": percentile(latencies, 0.99),
+        "hit_p50_s": p(latencies, 50),
+        "hit_p99_s": p(latencies, 99),
         "uncached_median_s": statistics.median(uncached),
     }
 
@@ -169,7 +170,7 @@ def main() -> None:
         ),
         ("same request uncached (median)", f"{cache['uncached_median_s'] * 1000:.0f} ms"),
     ]
-    print("\n".join(["| measure | result |", "|---|---|"] + [f"| {a} | {b} |" for a, b in rows]))
+    print(measure_table(rows))
 
 
 if __name__ == "__main__":

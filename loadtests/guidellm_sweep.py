@@ -5,6 +5,7 @@ and through the gateway in front of it, summarised per target and rate into <out
 Without URLs it starts one worker (`powerserve worker`, a stock vLLM OpenAI server) and a gateway in
 remote mode over it, so that the gateway's hop is the only difference between the two targets:
 
+    make load-sweep [SWEEP_ARGS="--tiny --seconds 5 --sweep-size 3"]
     python -m loadtests.guidellm_sweep --tiny --seconds 5 --sweep-size 3      # smoke test, ~3 min
     python -m loadtests.guidellm_sweep --model DIR                            # neither: the default
     python -m loadtests.guidellm_sweep --gateway http://127.0.0.1:8000 --worker http://127.0.0.1:8001
@@ -34,15 +35,11 @@ from typing import Any
 
 import httpx
 
-from loadtests.load_report import RouteSummary, output_path, table, write_report
-from loadtests.run_load import (
-    OFFLINE_ENV,
-    RESULTS,
-    add_service_arguments,
-    load_tool,
-    served_model,
-)
-from tests.harness import ServiceProcess
+from loadtests.harness import ServiceProcess
+from loadtests.load_report import RESULTS, RouteSummary, output_path, table, write_report
+from loadtests.run_load import OFFLINE_ENV, add_service_arguments, load_tool, served_model
+
+__all__ = ["overhead", "strategy_label", "summarise", "summarise_benchmark"]
 
 TARGETS = ("worker", "gateway")
 
@@ -76,7 +73,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--out", type=Path, default=RESULTS / "guidellm", help="prefix of the results")
     args = parser.parse_args()
     if args.tiny and args.prompt_words is None:
-        from tests.tiny_model import WORDS
+        from loadtests.tiny_model import WORDS
 
         args.prompt_words = " ".join(WORDS)
     if (args.gateway is None) != (args.worker is None):

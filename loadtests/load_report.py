@@ -1,4 +1,10 @@
-"""The load tests' common result: one summary per route, as JSON and as a PNG comparing the routes.
+"""Results and reports of every benchmark and load test: where they go, their percentiles, their tables.
+
+- ``RESULTS``: loadtests/results/, the one directory every script writes to (the README cites its files).
+- ``percentile`` / ``percentiles``: the one percentile helper. ``method="nearest"`` (a sample itself,
+  the benchmarks' small samples) or ``"linear"`` (numpy's default, the load tests' summaries).
+- ``measure_table``: the two-column Markdown table (measure | result) the benchmarks print.
+- The load tests' common result: one summary per route, as JSON and as a PNG comparing the routes.
 
 Both runners reduce their raw results to this shape: run_load.py (locust traffic mixes, one entry per
 kind of request) and guidellm_sweep.py (guidellm rate sweeps, one entry per target and rate). Times
@@ -16,15 +22,29 @@ proposals: ``power.tokens_generated``), and ``completion_tokens_per_s`` those re
 from __future__ import annotations
 
 import json
+import math
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
 from service.plotting import saved_figure
 
-__all__ = ["RouteSummary", "output_path", "percentiles", "plot_routes", "table", "write_report"]
+__all__ = [
+    "RESULTS",
+    "RouteSummary",
+    "measure_table",
+    "output_path",
+    "percentile",
+    "percentiles",
+    "plot_routes",
+    "table",
+    "write_report",
+]
+
+RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def output_path(out: Path, suffix: str) -> Path:
@@ -32,11 +52,32 @@ def output_path(out: Path, suffix: str) -> Path:
     return out.parent / f"{out.name}{suffix}"
 
 
-def percentiles(values: list[float], *ranks: int) -> dict[str, float] | None:
-    """``{"p50": .., "p95": ..}`` of ``values``; None when there are none."""
-    if not values:
+def percentile(
+    values: Sequence[float], rank: float, *, method: Literal["linear", "nearest"] = "linear"
+) -> float:
+    """The ``rank``-th percentile (0 to 100) of ``values``; NaN when there are none.
+
+    ``linear`` interpolates between the two samples around the rank (numpy's default). ``nearest`` is
+    a sample itself: ``sorted(values)[round(rank / 100 * (n - 1))]``, ties to the even index.
+    """
+    if not len(values):
+        return math.nan
+    if method == "nearest":
+        ordered = sorted(values)
+        return ordered[min(len(ordered) - 1, round(rank / 100 * (len(ordered) - 1)))]
+    return float(np.percentile(values, rank))
+
+
+def percentiles(values: Sequence[float], *ranks: int) -> dict[str, float] | None:
+    """``{"p50": .., "p95": ..}`` of ``values`` (linear); None when there are none."""
+    if not len(values):
         return None
-    return {f"p{rank}": float(np.percentile(values, rank)) for rank in ranks}
+    return {f"p{rank}": percentile(values, rank) for rank in ranks}
+
+
+def measure_table(rows: Iterable[tuple[str, str]]) -> str:
+    """A Markdown table of (measure, result) rows, as the benchmarks print their summaries."""
+    return "\n".join(["| measure | result |", "|---|---|"] + [f"| {a} | {b} |" for a, b in rows])
 
 
 @dataclass

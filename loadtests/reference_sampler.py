@@ -16,6 +16,8 @@ import numpy as np
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+__all__ = ["ReferenceResult", "ReferenceSampler"]
+
 
 @dataclass
 class ReferenceResult:

@@ -5,6 +5,7 @@ summarised per kind of request (plain, power, distilled, cached, stream) into <o
 Against a running gateway (`make serve`, `make stack`), or against a service it starts for the run
 (the tiny test model, a model directory, or the embedded default) and stops afterwards:
 
+    make load [URL=http://127.0.0.1:8000] [LOAD_ARGS="--users 8 --seconds 60"]
     python -m loadtests.run_load --url http://127.0.0.1:8000 --users 8 --seconds 60 \\
         --out loadtests/results/load
     python -m loadtests.run_load --tiny --users 2 --seconds 10           # smoke test, tiny model
@@ -28,11 +29,28 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from loadtests.load_report import RouteSummary, output_path, percentiles, table, write_report
-from tests.harness import ServiceProcess
+from loadtests.harness import ServiceProcess
+from loadtests.load_report import (
+    RESULTS,
+    RouteSummary,
+    output_path,
+    percentiles,
+    table,
+    write_report,
+)
+
+__all__ = [
+    "LOAD_VENV",
+    "OFFLINE_ENV",
+    "ROOT",
+    "ServedModel",
+    "add_service_arguments",
+    "load_tool",
+    "served_model",
+    "summarise",
+]
 
 ROOT = Path(__file__).resolve().parent.parent
-RESULTS = ROOT / "loadtests" / "results"
 LOAD_VENV = ROOT / ".venv-load"
 LOCUSTFILE = ROOT / "loadtests" / "locustfile.py"
 TINY_MODEL = ROOT / "runs" / "load" / "lt-tiny"
@@ -65,7 +83,7 @@ def served_model(args: argparse.Namespace) -> ServedModel:
     """--tiny, --model DIR, or the embedded default model."""
     if args.tiny:
         if not (TINY_MODEL / "config.json").exists():
-            from tests.tiny_model import build_tiny_model
+            from loadtests.tiny_model import build_tiny_model
 
             build_tiny_model(TINY_MODEL, seed=1, weight_scale=20.0)
         # A 4-token vocabulary and a 64-token context: starts in seconds, answers in milliseconds.
@@ -133,14 +151,6 @@ def run_locust(args: argparse.Namespace, url: str, samples: Path, locust_args: l
     )
 
 
-def rss_mib(pid: int) -> float:
-    """Resident memory of one process (the gateway's own, not its engine's), in MiB."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
-
-
 def summarise(samples: list[dict[str, Any]]) -> tuple[float, dict[str, RouteSummary]]:
     """One summary per kind of request. Rates are over the whole run's window (first request sent
     to last answer received), so that the kinds' rates add up to the run's."""
@@ -185,10 +195,10 @@ def main() -> None:
     try:
         url = service.wait_ready().url if service else args.url.rstrip("/")
         if service:
-            memory["gateway_rss_mib_before"] = rss_mib(service.process.pid)
+            memory["gateway_rss_mib_before"] = service.rss_mib()
         run_locust(args, url, samples_path, locust_args)
         if service:
-            memory["gateway_rss_mib_after"] = rss_mib(service.process.pid)
+            memory["gateway_rss_mib_after"] = service.rss_mib()
             print(
                 f"gateway RSS: {memory['gateway_rss_mib_before']:.0f} MiB before the run, "
                 f"{memory['gateway_rss_mib_after']:.0f} MiB after",

@@ -20,7 +20,7 @@ import signal
 import time
 from pathlib import Path
 
-from tests.harness import PrometheusProcess, RedisProcess, ServiceProcess
+from loadtests.harness import PrometheusProcess, RedisProcess, ServiceProcess
 
 RUNS = Path("runs") / "stack"
 

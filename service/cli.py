@@ -6,28 +6,53 @@
     powerserve distill generate|train|eval|all        power self-distillation (service/distill)
     powerserve hash-key [--generate] < key.txt        an API key's SHA-256, for the keys file
 
-Every flag of ``serve`` is also an environment variable (see service/config.py).
+Each subcommand takes the settings groups it uses (service/config.py: ``serve`` all of them, ``worker``
+server, model, engine and LoRA, ``distill train`` the model), and its ``--help`` lists them under
+their group's heading, each flag with its environment variable (``--max-model-len``, env
+``POWERSERVE_MAX_MODEL_LEN``).
 """
 
 from __future__ import annotations
 
+import inspect
 import logging
 import sys
+import textwrap
+from argparse import SUPPRESS, Action, ArgumentParser, _ArgumentGroup
 from pathlib import Path
+from typing import Any
 
 from pydantic import AliasChoices, Field
 from pydantic_settings import (
     BaseSettings,
     CliApp,
     CliImplicitFlag,
+    CliSettingsSource,
     CliSubCommand,
     SettingsConfigDict,
 )
 
-from service.config import Settings
+from service.config import (
+    EngineSettings,
+    LoRASettings,
+    ModelSettings,
+    ServerSettings,
+    Settings,
+    environment_names,
+    settings_group,
+)
 from service.distill.commands import Distill
 
-__all__ = ["HashKey", "Powerserve", "PrepareModel", "Serve", "Worker", "configure_logging", "main"]
+__all__ = [
+    "HashKey",
+    "Powerserve",
+    "PrepareModel",
+    "Serve",
+    "Worker",
+    "cli_settings_source",
+    "configure_logging",
+    "main",
+]
 
 
 def configure_logging(level: str) -> None:
@@ -63,7 +88,8 @@ class Serve(Settings):
         DrainingServer(config, app.state.drain).run()
 
 
-class Worker(Settings):
+# Groups last to first (see Settings): the help lists them first to last.
+class Worker(LoRASettings, EngineSettings, ModelSettings, ServerSettings):
     """Run a vLLM OpenAI server (a remote worker of the gateway) with the project's engine settings."""
 
     port: int = Field(
@@ -75,11 +101,12 @@ class Worker(Settings):
         from service.runtime import engine_adapters, engine_arguments, resolve_model_dir
 
         configure_logging(self.log_level)
+        settings = Settings.from_command(self)
         arguments = worker_arguments(
-            engine_arguments(self, resolve_model_dir(self)),
+            engine_arguments(settings, resolve_model_dir(settings)),
             host=self.host,
             port=self.port,
-            adapters=engine_adapters(self),
+            adapters=engine_adapters(settings),
         )
         run_worker(arguments, kv_cache_gib=self.kv_cache_gib)
 
@@ -137,9 +164,46 @@ class Powerserve(BaseSettings, cli_kebab_case=True, cli_prog_name="powerserve"):
         CliApp.run_subcommand(self)
 
 
+class _GroupedHelp:
+    """``add_argument`` for pydantic-settings' parser: a setting's flag goes under its group's heading
+    (``EngineSettings``...), its environment variable names at the end of its help. Flags of no
+    group (a command's own, like ``distill eval --limit``) stay under "options"."""
+
+    def __init__(self) -> None:
+        self._sections: dict[tuple[ArgumentParser, type[BaseSettings]], _ArgumentGroup] = {}
+
+    def __call__(self, parser: ArgumentParser, *flags: str, **options: Any) -> Action:
+        name = str(options.get("dest", "")).rpartition(".")[2]  # "worker.max_model_len"
+        group = settings_group(name)
+        if group is None:
+            return parser.add_argument(*flags, **options)
+        if options.get("help") not in (None, SUPPRESS):
+            options["help"] += f" (env {' or '.join(environment_names(name))})"
+        section = self._sections.get((parser, group))
+        if section is None:
+            section = parser.add_argument_group(group.__name__, _summary(group))
+            self._sections[parser, group] = section
+        return section.add_argument(*flags, **options)
+
+
+def _summary(group: type[BaseSettings]) -> str:
+    """The first sentence of a group's docstring, wrapped for the help."""
+    text = " ".join((inspect.getdoc(group) or "").split()).replace("``", "")
+    return textwrap.fill(text.split(". ")[0].rstrip(".") + ".", width=76)
+
+
+def cli_settings_source() -> CliSettingsSource[Powerserve]:
+    """The parser of the ``powerserve`` command, its help grouped by settings group."""
+    return CliSettingsSource(Powerserve, case_sensitive=False, add_argument_method=_GroupedHelp())
+
+
 def main(argv: list[str] | None = None) -> None:
     configure_logging("info")
-    CliApp.run(Powerserve, cli_args=sys.argv[1:] if argv is None else argv)
+    CliApp.run(
+        Powerserve,
+        cli_args=sys.argv[1:] if argv is None else argv,
+        cli_settings_source=cli_settings_source(),
+    )
 
 
 if __name__ == "__main__":

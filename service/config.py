@@ -1,42 +1,87 @@
-"""Settings of the service.
+"""Settings of the service, in groups.
 
-One pydantic-settings class holds every knob. Each is an environment variable (``POWERSERVE_<NAME>``;
-``HOST``, ``PORT`` and ``REDIS_URL`` also without the prefix), a line of a ``.env`` file, and a flag of
-``powerserve serve`` (``--max-model-len 4096``). The app factory builds it once and passes it down.
+Like vLLM's config classes (``ModelConfig``, ``CacheConfig``, ``LoRAConfig``... gathered by
+``VllmConfig``), each group is a class of its own, and ``Settings`` inherits them all:
+
+    ServerSettings      where the process listens and what it logs
+    ModelSettings       which model is served, under which name, with which adapter
+    EngineSettings      the vLLM engine (in process, or each ``powerserve worker``)
+    LoRASettings        LoRA in the engine and the fine-tuning jobs that add adapters to it
+    WorkerPoolSettings  the vLLM workers a gateway drives instead of an in-process engine
+    RequestSettings     a completion request's defaults and caps
+    PowerSettings       the power route's defaults and budget
+    CacheSettings       the response cache
+    JobsSettings        files, batches and the state of fine-tuning jobs
+    LimitsSettings      API keys, rate limits, admission control, caps and shutdown
+
+Each setting is an environment variable (``POWERSERVE_<NAME>``; ``HOST``, ``PORT`` and ``REDIS_URL``
+also without the prefix), a line of a ``.env`` file, and a flag (``--max-model-len 4096``). The app
+factory builds one ``Settings`` and passes it down; code reads it flat (``settings.max_model_len``).
+Each ``powerserve`` subcommand inherits only the groups it uses, so its ``--help`` lists only those
+(service/cli.py), and ``Settings.from_command`` makes the whole ``Settings`` from what it holds.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal, TypedDict, TypeVar, cast
 
 from pydantic import AliasChoices, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-__all__ = ["DEFAULT_MODEL_NAME", "Settings"]
+__all__ = [
+    "DEFAULT_MODEL_NAME",
+    "ENV_PREFIX",
+    "SETTINGS_GROUPS",
+    "CacheSettings",
+    "EngineSettings",
+    "JobsSettings",
+    "LimitsSettings",
+    "LoRASettings",
+    "ModelSettings",
+    "PowerSettings",
+    "RequestSettings",
+    "ServerSettings",
+    "Settings",
+    "WorkerPoolOptions",
+    "WorkerPoolSettings",
+    "environment_names",
+    "settings_group",
+]
 
 DEFAULT_MODEL_NAME = "smollm2-135m-instruct"
+ENV_PREFIX = "POWERSERVE_"
+
+_Group = TypeVar("_Group", bound=BaseSettings)
 
 
 def _alias(name: str, bare: str) -> AliasChoices:
-    return AliasChoices(name, bare, f"POWERSERVE_{bare}")
+    return AliasChoices(name, bare, f"{ENV_PREFIX}{bare}")
 
 
-class Settings(BaseSettings):
+class _SettingsGroup(BaseSettings):
+    """What every group shares: the environment prefix, ``.env``, kebab-case flags."""
+
     model_config = SettingsConfigDict(
-        env_prefix="POWERSERVE_",
+        env_prefix=ENV_PREFIX,
         env_file=".env",
         extra="ignore",
         populate_by_name=True,
         cli_kebab_case=True,
     )
 
-    # --- network -------------------------------------------------------------------------------
+
+class ServerSettings(_SettingsGroup):
+    """Where the process listens and what it logs (``powerserve serve`` and ``powerserve worker``)."""
+
     host: str = Field("127.0.0.1", validation_alias=_alias("host", "HOST"), description="Bind address.")
     port: int = Field(8000, validation_alias=_alias("port", "PORT"), ge=0, le=65535)
     log_level: str = Field("info", description="Log level of the service and uvicorn.")
 
-    # --- model ---------------------------------------------------------------------------------
+
+class ModelSettings(_SettingsGroup):
+    """Which model is served, under which name, and the distilled LoRA adapter served beside it."""
+
     model: Path | None = Field(
         None,
         description="A local Hugging Face model directory. Unset: the embedded default "
@@ -54,7 +99,24 @@ class Settings(BaseSettings):
         description="Where the embedded default model is prepared (outside the repository).",
     )
 
-    # --- vLLM engine ---------------------------------------------------------------------------
+    @model_validator(mode="after")
+    def _check(self) -> ModelSettings:
+        if self.model is not None and not self.model.is_dir():
+            raise ValueError(f"POWERSERVE_MODEL={self.model} is not a directory")
+        return self
+
+    @property
+    def served_model_name(self) -> str:
+        if self.model_name:
+            return self.model_name
+        return self.model.name if self.model is not None else DEFAULT_MODEL_NAME
+
+
+class EngineSettings(_SettingsGroup):
+    """The vLLM engine: the in-process one, or each ``powerserve worker`` (both get the same engine
+    arguments, service/runtime.py). ``power-top-logprobs`` is here because it sets the engine's
+    ``max_logprobs``: a worker must be started able to return what the gateway's power route asks."""
+
     max_model_len: int | None = Field(
         None,
         ge=16,
@@ -75,8 +137,55 @@ class Settings(BaseSettings):
         "cached prefix up to the last whole block. vLLM's CPU default is 128; unset: vLLM's default.",
     )
     engine_start_timeout_s: float = Field(600.0, gt=0)
+    power_top_logprobs: int = Field(
+        20,
+        ge=1,
+        description="Top-k raw log-probs per proposed token, from which the acceptance normalisers "
+        "are computed (exact when k covers the vocabulary; otherwise a bounded lower bound).",
+    )
 
-    # --- remote workers (scale-out) --------------------------------------------------------------
+    def context_length(self, model_limit: int | None) -> int:
+        """The engine's max_model_len: as set, else 2048 capped by the model's own limit."""
+        if self.max_model_len is not None:
+            return self.max_model_len
+        return min(2048, model_limit) if model_limit else 2048
+
+
+class LoRASettings(_SettingsGroup):
+    """LoRA in the engine: whether fine-tuning jobs run (and so the engine starts able to load the
+    adapters they make), how many adapters it holds and how large they may be."""
+
+    fine_tuning: bool | None = Field(
+        None,
+        description="Serve /v1/fine_tuning/jobs (power self-distillation) and the models they make, "
+        "which needs an engine started able to load LoRA adapters. Unset: on when the in-process "
+        "engine serves an adapter anyway (the embedded default's -distilled); true: LoRA is enabled "
+        "for it.",
+    )
+    max_loras: int = Field(
+        4, ge=1, description="LoRA adapters the engine holds at once when fine-tuning is on."
+    )
+    fine_tuning_max_rank: int = Field(
+        16, ge=1, le=64, description="Largest LoRA rank a fine-tuning job may ask for."
+    )
+
+
+class WorkerPoolOptions(TypedDict):
+    """``RemoteEngine``'s options for its worker pool (service/engines/remote/engine.py)."""
+
+    health_interval_s: float
+    probe_timeout_s: float
+    stall_probes: int
+    backoff_initial_s: float
+    backoff_max_s: float
+    request_timeout_s: float
+    timeout_per_token_s: float
+
+
+class WorkerPoolSettings(_SettingsGroup):
+    """Scale-out: the vLLM workers a gateway drives instead of an in-process engine, and how it
+    watches them and moves requests between them."""
+
     workers: str | None = Field(
         None,
         description="Comma-separated base URLs of vLLM workers (`powerserve worker`, or any vllm serve "
@@ -118,15 +227,44 @@ class Settings(BaseSettings):
         "may take long without its worker being stalled.",
     )
 
-    # --- requests ------------------------------------------------------------------------------
+    def worker_urls(self) -> list[str]:
+        """The workers' base URLs; empty without workers (the in-process engine)."""
+        return [url.strip() for url in (self.workers or "").split(",") if url.strip()]
+
+    def worker_pool_options(self) -> WorkerPoolOptions:
+        """The pool's options, by ``RemoteEngine``'s keyword names: ``RemoteEngine(urls, ...,
+        **settings.worker_pool_options())``."""
+        return WorkerPoolOptions(
+            health_interval_s=self.worker_health_interval_s,
+            probe_timeout_s=self.worker_probe_timeout_s,
+            stall_probes=self.worker_stall_probes,
+            backoff_initial_s=self.worker_backoff_initial_s,
+            backoff_max_s=self.worker_backoff_max_s,
+            request_timeout_s=self.worker_timeout_s,
+            timeout_per_token_s=self.worker_timeout_per_token_s,
+        )
+
+
+class RequestSettings(_SettingsGroup):
+    """What a completion request gets when it sets nothing, and how many samples it may ask for."""
+
     max_n: int = Field(16, ge=1, description="Largest `n` (samples per request) accepted.")
+    max_choices: int = Field(
+        128,
+        ge=1,
+        description="Most choices (prompts x n: engine sequences) one request may ask for; one "
+        "prompt may always ask for max-n. Checked before any prompt is tokenised (400 above).",
+    )
     default_max_tokens: int = Field(
         1024,
         ge=1,
         description="max_tokens of a chat request that sets none (capped by the context).",
     )
 
-    # --- power route ---------------------------------------------------------------------------
+
+class PowerSettings(_SettingsGroup):
+    """The power route's defaults (a request may override each) and its token budget."""
+
     power_alpha: float = Field(
         4.0, ge=1, description="Default alpha (temperature 1/alpha) of the power route."
     )
@@ -148,12 +286,6 @@ class Settings(BaseSettings):
         ge=1,
         description="max_tokens of a power request that sets none (each token costs many).",
     )
-    power_top_logprobs: int = Field(
-        20,
-        ge=1,
-        description="Top-k raw log-probs per proposed token, from which the acceptance normalisers "
-        "are computed (exact when k covers the vocabulary; otherwise a bounded lower bound).",
-    )
     power_token_budget: int = Field(
         200_000,
         ge=1,
@@ -161,7 +293,11 @@ class Settings(BaseSettings):
         "rejected proposals included); a request whose worst case exceeds it is refused with 400.",
     )
 
-    # --- response cache ------------------------------------------------------------------------
+
+class CacheSettings(_SettingsGroup):
+    """The response cache: Redis shared by gateway replicas (which also holds the rate-limit
+    counters), or an in-process LRU."""
+
     redis_url: str | None = Field(
         None,
         validation_alias=_alias("redis_url", "REDIS_URL"),
@@ -169,8 +305,18 @@ class Settings(BaseSettings):
     )
     cache_ttl_s: float = Field(3600.0, gt=0, description="How long a cached answer lives, by default.")
     cache_max_entries: int = Field(1024, ge=1, description="Size of the in-process LRU (without Redis).")
+    cache_shared_across_projects: bool = Field(
+        False,
+        description="With API keys, answers are cached per project (a hit would tell one tenant "
+        "what another asked); true shares one cache between every key.",
+    )
 
-    # --- files and batches (service/jobs) -----------------------------------------------------------
+
+class JobsSettings(_SettingsGroup):
+    """Uploaded files, batches and fine-tuning jobs (service/jobs): where their state lives, upload
+    caps, what each project may create (bytes stored, uploads per minute, batches and jobs at once),
+    and how batch lines share the engine with interactive requests."""
+
     state_dir: Path | None = Field(
         None,
         description="Where uploaded files, batch and fine-tuning job state live (SQLite and files); "
@@ -195,6 +341,27 @@ class Settings(BaseSettings):
     files_max_lines: int = Field(
         50_000, ge=1, description="Most JSONL lines (requests) in one uploaded file (400 above)."
     )
+    files_retention_s: int = Field(
+        30 * 24 * 3600,
+        ge=0,
+        description="How long an uploaded file and a batch's output and error files are kept when "
+        "the upload sets no expires_after (0: until deleted). Expired files are deleted.",
+    )
+    files_max_bytes_per_project: int = Field(
+        10 * 1024**3,
+        ge=0,
+        description="Most bytes of files one project keeps (its uploads, batch output and error "
+        "files, fine-tuning results; expired files not counted): an upload that would go over it "
+        "is refused (400 storage_limit_exceeded). Files created without API keys count as one "
+        "shared project. 0: unlimited.",
+    )
+    uploads_per_minute: int = Field(
+        60,
+        ge=0,
+        description="Uploads (POST /v1/files) one project may make per minute (a moving window); "
+        "above: 429 with retry-after. Counted in each gateway replica's memory (N replicas admit up "
+        "to N times this). Uploads without API keys share one count. 0: unlimited.",
+    )
     batch_concurrency: int = Field(
         8, ge=1, description="Batch lines in flight at once while no interactive request runs."
     )
@@ -216,26 +383,27 @@ class Settings(BaseSettings):
         description="vLLM scheduling priority of batch lines' engine requests (interactive ones have "
         "0; lower runs first).",
     )
-
-    fine_tuning: bool | None = Field(
-        None,
-        description="Serve /v1/fine_tuning/jobs (power self-distillation) and the models they make, "
-        "which needs an engine started able to load LoRA adapters. Unset: on when the in-process "
-        "engine serves an adapter anyway (the embedded default's -distilled); true: LoRA is enabled "
-        "for it.",
+    batches_max_active_per_project: int = Field(
+        10,
+        ge=0,
+        description="Batches one project may have not yet final (validating, in_progress, "
+        "finalizing, cancelling); creating another is refused (429 too_many_active). Batches "
+        "created without API keys count as one shared project. 0: unlimited.",
     )
-    max_loras: int = Field(
-        4, ge=1, description="LoRA adapters the engine holds at once when fine-tuning is on."
-    )
-    fine_tuning_max_rank: int = Field(
-        16, ge=1, le=64, description="Largest LoRA rank a fine-tuning job may ask for."
+    fine_tuning_max_active_per_project: int = Field(
+        2,
+        ge=0,
+        description="Fine-tuning jobs one project may have not yet final (validating_files, queued, "
+        "running); creating another is refused (429 too_many_active). Jobs created without API "
+        "keys count as one shared project. 0: unlimited.",
     )
 
-    @property
-    def resolved_state_dir(self) -> Path:
-        return self.state_dir if self.state_dir is not None else self.cache_dir / "state"
 
-    # --- keys, limits, caps, shutdown (service/limits; docs-limits.md) ---------------------------
+class LimitsSettings(_SettingsGroup):
+    """What guards the HTTP API (service/limits, service/api/guards.py, service/api/shutdown.py):
+    API keys, rate limits per key, admission control, the body cap and the drain on shutdown.
+    README.md, "Keys, limits, caps and shutdown", explains each."""
+
     api_keys: str | None = Field(
         None,
         description="API keys as name=key pairs, comma-separated. With keys (here or in api-keys-file) "
@@ -277,20 +445,69 @@ class Settings(BaseSettings):
         "this long to finish before the process exits.",
     )
 
-    @model_validator(mode="after")
-    def _check(self) -> Settings:
-        if self.model is not None and not self.model.is_dir():
-            raise ValueError(f"POWERSERVE_MODEL={self.model} is not a directory")
-        return self
 
-    def context_length(self, model_limit: int | None) -> int:
-        """The engine's max_model_len: as set, else 2048 capped by the model's own limit."""
-        if self.max_model_len is not None:
-            return self.max_model_len
-        return min(2048, model_limit) if model_limit else 2048
+# In the order of this file, which is the order of `powerserve serve --help`.
+SETTINGS_GROUPS: tuple[type[BaseSettings], ...] = (
+    ServerSettings,
+    ModelSettings,
+    EngineSettings,
+    LoRASettings,
+    WorkerPoolSettings,
+    RequestSettings,
+    PowerSettings,
+    CacheSettings,
+    JobsSettings,
+    LimitsSettings,
+)
+
+
+# Pydantic puts the fields of the last base first: the groups are listed last to first, so that
+# the fields (and the help) come in the order above.
+class Settings(
+    LimitsSettings,
+    JobsSettings,
+    CacheSettings,
+    PowerSettings,
+    RequestSettings,
+    WorkerPoolSettings,
+    LoRASettings,
+    EngineSettings,
+    ModelSettings,
+    ServerSettings,
+):
+    """Every setting: all the groups, read flat (``settings.max_model_len``). Built once by the app
+    factory (or ``powerserve serve``) and passed down; ``settings.group(EngineSettings)`` gives one
+    group alone."""
 
     @property
-    def served_model_name(self) -> str:
-        if self.model_name:
-            return self.model_name
-        return self.model.name if self.model is not None else DEFAULT_MODEL_NAME
+    def resolved_state_dir(self) -> Path:
+        """Where job state lives: state-dir, else <cache-dir>/state (two groups: jobs and model)."""
+        return self.state_dir if self.state_dir is not None else self.cache_dir / "state"
+
+    def group(self, group: type[_Group]) -> _Group:
+        """One group of these settings, with their values (not read again from the environment)."""
+        values = {name: getattr(self, name) for name in group.model_fields}
+        return cast(_Group, group.model_construct(**values))
+
+    @classmethod
+    def from_command(cls, command: BaseSettings, **overrides: Any) -> Settings:
+        """The whole settings of a command that holds only some groups (``powerserve worker``, the
+        distill stages): the command's values and ``overrides``, and for the other groups what the
+        environment and ``.env`` say (their defaults otherwise), as ``Settings()`` would read them."""
+        names = type(command).model_fields.keys() & cls.model_fields.keys()
+        return cls(**{**{name: getattr(command, name) for name in names}, **overrides})
+
+
+def settings_group(name: str) -> type[BaseSettings] | None:
+    """The group that holds the setting ``name`` (``EngineSettings`` for ``max_model_len``)."""
+    return next((group for group in SETTINGS_GROUPS if name in group.model_fields), None)
+
+
+def environment_names(name: str) -> tuple[str, ...]:
+    """The environment variables that set the setting ``name``: ``POWERSERVE_<NAME>``, or its aliases
+    (``HOST`` and ``POWERSERVE_HOST``)."""
+    alias = Settings.model_fields[name].validation_alias
+    if isinstance(alias, AliasChoices):
+        choices = [choice.upper() for choice in alias.choices if isinstance(choice, str)]
+        return tuple(dict.fromkeys(choices))
+    return (f"{ENV_PREFIX}{name.upper()}",)

@@ -12,6 +12,7 @@ Every layer raises these; only ``service.api.errors`` turns them into HTTP respo
     ├── EngineUnavailableError         the engine is starting, dead or has no healthy worker (503)
     │   └── ServerOverloadedError      the work in flight is at its cap (503, admission control)
     ├── RateLimitedError               a key is over its requests or tokens per minute (429)
+    │   └── TooManyActiveError         a project has as many batches or jobs running as it may (429)
     └── EngineError                    the engine failed on this request (500)
 
 Callers that only need "did it work" catch ``PowerserveError``.
@@ -32,6 +33,7 @@ __all__ = [
     "ServerOverloadedError",
     "StateUnavailableError",
     "TokenBudgetError",
+    "TooManyActiveError",
 ]
 
 
@@ -46,7 +48,11 @@ class PowerserveError(Exception):
 
 
 class InvalidRequestError(PowerserveError):
-    """A parameter is out of range or inconsistent; ``param`` names it."""
+    """A parameter is out of range or inconsistent; ``param`` names it, ``code`` says how
+    (``invalid_value`` unless a more precise one is given)."""
+
+    def __init__(self, message: str, *, param: str | None = None, code: str | None = None):
+        super().__init__(message, param=param, code=code or "invalid_value")
 
 
 class ContextLengthError(InvalidRequestError):
@@ -123,3 +129,12 @@ class RateLimitedError(PowerserveError):
         self.kind = kind
         self.retry_after = retry_after
         self.headers = headers or {}
+
+
+class TooManyActiveError(RateLimitedError):
+    """A project already has as many batches (or fine-tuning jobs) not yet final as it may: a new
+    one is refused until one of them ends (``retry_after``: when to look again)."""
+
+    def __init__(self, message: str, *, retry_after: float = 60.0):
+        super().__init__(message, kind="requests", retry_after=retry_after)
+        self.code = "too_many_active"

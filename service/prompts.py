@@ -6,12 +6,14 @@ token ids to every engine (local or remote), so that an MCMC chain never re-toke
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+from cachetools import LRUCache
 
 from service.errors import InvalidRequestError
 
@@ -19,12 +21,52 @@ __all__ = ["PromptRenderer", "StopStrings", "TextStream"]
 
 logger = logging.getLogger(__name__)
 
+# Rendered conversations are kept by bytes, not by count: 1,024 chats of 1 MB would be gigabytes.
+_CHAT_CACHE_BYTES = 32 * 2**20
+# A conversation larger than this is rendered every time (it would push out many small ones).
+_CHAT_CACHE_ENTRY_BYTES = 256 * 2**10
+
+
+def _entry_bytes(entry: tuple[int, tuple[int, ...]]) -> int:
+    """An entry's size: its key's length and its token ids."""
+    key_bytes, ids = entry
+    return key_bytes + 8 * len(ids) + 64
+
+
+def _max_token_bytes(tokenizer: Any) -> int | None:
+    """The most UTF-8 bytes one token stands for, where every byte of a text ends up in some token
+    (byte-level BPE, or BPE with byte fallback): then a text of B bytes is at least B / this many
+    tokens. None for tokenizers that drop bytes or fold any word into one unknown token."""
+    try:
+        model = json.loads(tokenizer.backend_tokenizer.to_str())
+    except (AttributeError, ValueError):
+        return None
+    bpe = model.get("model", {})
+    byte_level = "ByteLevel" in json.dumps(model.get("pre_tokenizer"))
+    if bpe.get("type") != "BPE" or not (byte_level or bpe.get("byte_fallback")):
+        return None
+    return max((len(token.encode()) for token in tokenizer.get_vocab()), default=None)
+
 
 class PromptRenderer:
     def __init__(self, model_dir: Path):
         from transformers import AutoTokenizer
 
         self.tokenizer: Any = AutoTokenizer.from_pretrained(str(model_dir))
+        # messages JSON -> (its length, token ids): an entry's size counts its key and its ids.
+        self._chats: LRUCache[str, tuple[int, tuple[int, ...]]] = LRUCache(
+            maxsize=_CHAT_CACHE_BYTES, getsizeof=_entry_bytes
+        )
+        self._chats_lock = threading.Lock()  # rendering may run in worker threads
+        self.max_token_bytes = _max_token_bytes(self.tokenizer)
+
+    def fewest_tokens(self, text: str) -> int:
+        """A lower bound on the tokens ``text`` becomes (in a prompt or a chat message): what
+        refuses a text far too long for the context before it is tokenised. 0 where the
+        tokenizer gives no such bound."""
+        if self.max_token_bytes is None:
+            return 0
+        return -(-len(text.encode()) // self.max_token_bytes)
 
     def encode_text(self, text: str) -> list[int]:
         """A completion prompt, with the special tokens the tokenizer adds (as vLLM does)."""
@@ -37,10 +79,24 @@ class PromptRenderer:
                 "This model has no chat template; use /v1/completions.", param="messages"
             )
         # A conversation seen before (a cache hit, a retry) skips the template and the tokenizer.
-        return list(self._encode_chat(json.dumps(list(messages), sort_keys=True)))
+        key = json.dumps(list(messages), sort_keys=True)
+        with self._chats_lock:
+            cached = self._chats.get(key)
+        if cached is not None:
+            return list(cached[1])
+        ids = self._render_chat(key)
+        entry = (len(key), ids)
+        if _entry_bytes(entry) <= _CHAT_CACHE_ENTRY_BYTES:
+            with self._chats_lock:
+                self._chats[key] = entry
+        return list(ids)
 
-    @functools.lru_cache(maxsize=1024)  # noqa: B019 - one renderer per process, kept for its life
-    def _encode_chat(self, messages_json: str) -> tuple[int, ...]:
+    @property
+    def chat_cache_bytes(self) -> int:
+        """What the rendered-conversation cache holds now (bounded by _CHAT_CACHE_BYTES)."""
+        return int(self._chats.currsize)
+
+    def _render_chat(self, messages_json: str) -> tuple[int, ...]:
         try:
             ids = self.tokenizer.apply_chat_template(
                 json.loads(messages_json), add_generation_prompt=True, tokenize=True

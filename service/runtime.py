@@ -20,6 +20,7 @@ from service.config import Settings
 from service.engines.base import DISTILLED_ADAPTER, LORA_TARGET_MODULES, Engine
 from service.engines.local import LocalEngine, adapter_lora_settings, platform_arguments
 from service.engines.remote import RemoteEngine
+from service.generation import GenerationRequest, GenerationResult
 from service.model_store import (
     DEFAULT_ADAPTER_DIR,
     ensure_default_model,
@@ -47,11 +48,22 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class Services:
+    """The engine and the request path, without HTTP (the serving layer and offline work use it)."""
+
     settings: Settings
     engine: Engine
     renderer: PromptRenderer
     completions: CompletionService
     model_dir: Path  # the base model's directory (fine-tuning trains on it)
+
+    @property
+    def base_model(self) -> str:
+        return self.engine.info.model_id
+
+    async def generate(self, model_id: str, request: GenerationRequest) -> GenerationResult:
+        """One request on the request path, unmetered (offline work of ``powerserve distill``)."""
+        completions = self.completions
+        return await completions.generate(completions.resolve(completions.route(model_id), request))
 
 
 def resolve_model_dir(settings: Settings) -> Path:
@@ -134,17 +146,11 @@ def build_engine(settings: Settings, model_dir: Path) -> Engine:
     if settings.workers:
         # The workers load the adapter themselves (powerserve worker serves it as `distilled`).
         remote = RemoteEngine(
-            [url.strip() for url in settings.workers.split(",") if url.strip()],
+            settings.worker_urls(),
             model_dir=model_dir,
             model_id=settings.served_model_name,
             adapters=tuple(adapters),
-            health_interval_s=settings.worker_health_interval_s,
-            probe_timeout_s=settings.worker_probe_timeout_s,
-            stall_probes=settings.worker_stall_probes,
-            backoff_initial_s=settings.worker_backoff_initial_s,
-            backoff_max_s=settings.worker_backoff_max_s,
-            request_timeout_s=settings.worker_timeout_s,
-            timeout_per_token_s=settings.worker_timeout_per_token_s,
+            **settings.worker_pool_options(),
         )
         metrics.register_worker_pool(remote.worker_snapshot)
         return remote

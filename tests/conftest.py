@@ -14,9 +14,9 @@ from pathlib import Path
 import openai
 import pytest
 
+from loadtests.harness import RedisProcess, ServiceProcess
+from loadtests.tiny_model import build_tiny_model
 from service.distill.train import TrainConfig, train_adapter
-from tests.harness import RedisProcess, ServiceProcess
-from tests.tiny_model import build_tiny_model
 
 # The tiny model: seed and weight scale chosen so that p**4 and temperature-1/4 sampling differ a lot
 # (total variation 0.46 at a horizon of 3 tokens); tests/test_tiny_model.py checks that it still does.

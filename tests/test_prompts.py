@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from loadtests.tiny_model import EOS_ID, VOCAB
 from service.errors import InvalidRequestError
 from service.prompts import PromptRenderer, StopStrings, TextStream
-from tests.tiny_model import EOS_ID, VOCAB
 
 DEFAULT_MODEL_DIR = Path.home() / ".cache" / "powerserve" / "models" / "smollm2-135m-instruct"
 A, B, C = VOCAB["a"], VOCAB["b"], VOCAB["c"]
@@ -99,3 +99,36 @@ def test_validate_ids_names_the_parameter(tiny: PromptRenderer) -> None:
         with pytest.raises(InvalidRequestError) as raised:
             tiny.validate_ids([A, bad], param="messages")
         assert raised.value.param == "messages"
+
+
+# --- bounds -----------------------------------------------------------------------------------------
+
+
+TEXTS = [
+    "a b c a b",
+    "What is 7 + 5? Answer with a number only.",
+    "naïve café — 東京 🚀 " * 5,
+    " " * 300,
+    "x" * 500,
+]
+
+
+@pytest.mark.parametrize("text", TEXTS)
+def test_fewest_tokens_never_exceeds_the_real_count(
+    tiny: PromptRenderer, default: PromptRenderer, text: str
+) -> None:
+    """The cheap bound that refuses a far too long prompt before tokenising is a true lower bound
+    (on a byte-level BPE); the tiny model's word-level tokenizer folds unknown words into one token,
+    so it claims none."""
+    assert 1 <= default.fewest_tokens(text) <= len(default.encode_text(text))
+    assert tiny.fewest_tokens(text) == 0
+
+
+def test_rendered_chats_are_cached_by_bytes(tiny: PromptRenderer) -> None:
+    """Small conversations are kept (a repeat skips the template), a large one never is."""
+    small = [{"role": "user", "content": "a b"}]
+    assert tiny.encode_chat(small) == tiny.encode_chat(small)
+    kept = tiny.chat_cache_bytes
+    assert kept > 0
+    tiny.encode_chat([{"role": "user", "content": "a b " * 100_000}])  # 400 kB: rendered, not kept
+    assert tiny.chat_cache_bytes == kept

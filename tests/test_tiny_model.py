@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from loadtests.tiny_model import ExactModel, answers
 from tests.conftest import TINY_PROMPT
 from tests.stats import total_variation
-from tests.tiny_model import ExactModel, answers
 
 ALPHA = 4.0
 HORIZON = 3

@@ -1,42 +1,92 @@
-"""Dependencies of the routes: the services, once the engine is up; the files-and-batches runtime."""
+"""The routes' dependencies, typed: the gateway's serving objects and the caller.
+
+CallerDep        who asks: the key KeyCheck (api/guards.py) found, or the client's address
+ChatDep, CompletionsDep, ModelsDep     need the engine: 503 + Retry-After while it starts
+FilesDep, BatchesDep, FineTuningDep    answer from the moment the server listens
+"""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import Annotated
 
 from fastapi import Depends, Request
 
-from service.errors import EngineUnavailableError
-from service.runtime import Services
+from service.serving import (
+    BatchesServing,
+    Caller,
+    ChatServing,
+    FilesServing,
+    FineTuningServing,
+    Gateway,
+    ModelsServing,
+    TextCompletionServing,
+)
 
-if TYPE_CHECKING:  # service.api.jobs imports the endpoints, which import this module
-    from service.api.jobs import JobsRuntime
-
-__all__ = ["Services", "ServicesDep", "get_services", "jobs_of", "list_page"]
-
-
-def get_services(request: Request) -> Services:
-    services: Services | None = request.app.state.services
-    if services is None:
-        raise EngineUnavailableError("The service is starting; try again shortly.", retry_after=5)
-    return services
-
-
-ServicesDep = Annotated[Services, Depends(get_services)]
-
-
-def jobs_of(request: Request) -> JobsRuntime:
-    """The app's files-and-batches runtime (set up in the app's lifespan)."""
-    jobs: JobsRuntime = request.app.state.jobs
-    return jobs
+__all__ = [
+    "BatchesDep",
+    "CallerDep",
+    "ChatDep",
+    "CompletionsDep",
+    "FilesDep",
+    "FineTuningDep",
+    "GatewayDep",
+    "ModelsDep",
+    "get_batches",
+    "get_caller",
+    "get_chat",
+    "get_completions",
+    "get_files",
+    "get_fine_tuning",
+    "get_gateway",
+    "get_models",
+]
 
 
-def list_page(data: list[dict[str, Any]], has_more: bool) -> dict[str, Any]:
-    """One page of an OpenAI list endpoint (files, batches, fine-tuning jobs)."""
-    return {
-        "object": "list",
-        "data": data,
-        "has_more": has_more,
-        "first_id": data[0]["id"] if data else None,
-        "last_id": data[-1]["id"] if data else None,
-    }
+def get_gateway(request: Request) -> Gateway:
+    gateway: Gateway = request.app.state.gateway
+    return gateway
+
+
+GatewayDep = Annotated[Gateway, Depends(get_gateway)]
+
+
+def get_caller(request: Request) -> Caller:
+    key = getattr(request.state, "api_key", None)  # set by api/guards.py's KeyCheck
+    if key is not None:
+        return Caller.with_key(key)
+    return Caller.from_address(request.client.host if request.client else None)
+
+
+CallerDep = Annotated[Caller, Depends(get_caller)]
+
+
+def get_chat(gateway: GatewayDep) -> ChatServing:
+    return gateway.chat
+
+
+def get_completions(gateway: GatewayDep) -> TextCompletionServing:
+    return gateway.completions
+
+
+def get_models(gateway: GatewayDep) -> ModelsServing:
+    return gateway.models
+
+
+def get_files(gateway: GatewayDep) -> FilesServing:
+    return gateway.files
+
+
+def get_batches(gateway: GatewayDep) -> BatchesServing:
+    return gateway.batches
+
+
+def get_fine_tuning(gateway: GatewayDep) -> FineTuningServing:
+    return gateway.fine_tuning
+
+
+ChatDep = Annotated[ChatServing, Depends(get_chat)]
+CompletionsDep = Annotated[TextCompletionServing, Depends(get_completions)]
+ModelsDep = Annotated[ModelsServing, Depends(get_models)]
+FilesDep = Annotated[FilesServing, Depends(get_files)]
+BatchesDep = Annotated[BatchesServing, Depends(get_batches)]
+FineTuningDep = Annotated[FineTuningServing, Depends(get_fine_tuning)]

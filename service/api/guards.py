@@ -6,7 +6,9 @@ flight until its last byte) that answers refusals itself, in OpenAI's error shap
     Draining     while shutting down: 503 + Retry-After for new requests; counts those in flight
     KeyCheck     with keys configured: /v1/* (and /metrics if so set) need a valid Bearer key (401)
     BodyLimit    a body over the cap: 413, from Content-Length before anything is read, else
-                 counted while it streams in; nothing reaches the JSON parser
+                 counted while it streams in; nothing reaches the JSON parser. Uploads have a cap
+                 of their own and stream through, counted, to the form parser (which spools them
+                 to disk): the 413 goes out as soon as the cap is passed
 
 /health and /live stay open and are never refused (a probe must see the truth, not a 401).
 """
@@ -20,9 +22,9 @@ from collections.abc import Iterable
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.api.errors import error_body
 from service.limits import KeyRing
 from service.metrics import record
+from service.serving.errors import error_body
 
 __all__ = ["BodyLimit", "Drain", "Draining", "KeyCheck"]
 
@@ -145,19 +147,24 @@ class KeyCheck:
 
 
 class BodyLimit:
-    def __init__(self, app: ASGIApp, max_bytes: int, *, exempt: tuple[str, ...] = ()):
+    def __init__(self, app: ASGIApp, max_bytes: int, *, uploads: dict[str, int] | None = None):
         self.app = app
         self.max_bytes = max_bytes
-        # Paths with their own cap (file uploads), untouched here.
-        self.exempt = exempt
+        # Upload paths and their own caps: streamed through, counted, not held here.
+        self.uploads = uploads or {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"].startswith(self.exempt):
+        if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        upload_cap = self.uploads.get(scope["path"])
+        cap = self.max_bytes if upload_cap is None else upload_cap
         declared = _header(scope, b"content-length")
-        if declared is not None and declared.strip().isdigit() and int(declared) > self.max_bytes:
-            await self._too_large(scope, receive, send, int(declared))
+        if declared is not None and declared.strip().isdigit() and int(declared) > cap:
+            await self._too_large(scope, receive, send, int(declared), cap=cap)
+            return
+        if upload_cap is not None:
+            await self._stream_counted(scope, receive, send, cap)
             return
         # No (or a small) Content-Length: read the body here, counting; at most max_bytes is held.
         messages: list[Message] = []
@@ -169,7 +176,8 @@ class BodyLimit:
                 break
             size += len(message.get("body", b""))
             if size > self.max_bytes:
-                await self._too_large(scope, receive, send, None, more=bool(message.get("more_body")))
+                more = bool(message.get("more_body"))
+                await self._too_large(scope, receive, send, None, cap=self.max_bytes, more=more)
                 return
             if not message.get("more_body", False):
                 break
@@ -179,8 +187,43 @@ class BodyLimit:
 
         await self.app(scope, replay, send)
 
+    async def _stream_counted(self, scope: Scope, receive: Receive, send: Send, cap: int) -> None:
+        """Pass an upload through, counting it; past ``cap`` the 413 is sent at once and the app
+        sees the client gone (what it would still send is dropped)."""
+        size = 0
+        refused = False
+
+        async def counted() -> Message:
+            nonlocal size, refused
+            message = await receive()
+            if message["type"] == "http.request" and not refused:
+                size += len(message.get("body", b""))
+                if size > cap:
+                    refused = True
+                    more = bool(message.get("more_body"))
+                    await self._too_large(scope, receive, send, None, cap=cap, more=more)
+                    return {"type": "http.disconnect"}
+            return message
+
+        async def unless_refused(message: Message) -> None:
+            if not refused:
+                await send(message)
+
+        try:
+            await self.app(scope, counted, unless_refused)
+        except Exception:
+            if not refused:
+                raise  # a real failure; after a refusal the app only saw the client go
+
     async def _too_large(
-        self, scope: Scope, receive: Receive, send: Send, declared: int | None, *, more: bool = True
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        declared: int | None,
+        *,
+        cap: int,
+        more: bool = True,
     ) -> None:
         record.rejected("body_too_large")
         # Read what is still coming (unless the client waits for 100-continue), so it gets the 413.
@@ -193,11 +236,11 @@ class BodyLimit:
                 break
             discarded += len(message.get("body", b""))
             more = message.get("more_body", False)
-        size = f"{declared} bytes" if declared is not None else f"more than {self.max_bytes} bytes"
+        size = f"{declared} bytes" if declared is not None else f"more than {cap} bytes"
         await _refuse(
             send,
             413,
-            f"The request body ({size}) is over this server's limit of {self.max_bytes} bytes.",
+            f"The request body ({size}) is over this server's limit of {cap} bytes.",
             "request_too_large",
             [("connection", "close")],
         )

@@ -16,12 +16,20 @@ from collections.abc import AsyncIterator, Awaitable, Mapping
 from typing import Any, TypeVar
 
 from fastapi import Request
+from fastapi.responses import JSONResponse, Response
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
-from service.api.errors import error_body, status_of
 from service.errors import PowerserveError
+from service.serving import Caller, CompletionsServing, Prepared, StreamedAnswer
+from service.serving.errors import error_of
 
-__all__ = ["KEEP_ALIVE_S", "ClientDisconnected", "cancel_on_disconnect", "event_stream"]
+__all__ = [
+    "KEEP_ALIVE_S",
+    "ClientDisconnected",
+    "cancel_on_disconnect",
+    "event_stream",
+    "send_answer",
+]
 
 T = TypeVar("T")
 
@@ -31,6 +39,21 @@ KEEP_ALIVE_S = 15.0
 
 class ClientDisconnected(Exception):
     """The client closed the connection before the answer was ready."""
+
+
+async def send_answer(
+    request: Request, serving: CompletionsServing[Any], prepared: Prepared, caller: Caller
+) -> Response:
+    """A completion endpoint's response: JSON, or SSE chunks; the work stops if the client goes."""
+    request.state.route = prepared.route  # for the request metrics (api/observe.py)
+    if prepared.stream:
+        streamed: StreamedAnswer = await serving.stream(prepared, caller)
+        return event_stream(streamed.chunks, headers=streamed.headers)
+    try:
+        answer = await cancel_on_disconnect(request, serving.answer(prepared, caller))
+    except ClientDisconnected:
+        return Response(status_code=499)  # nobody is listening; the work has been cancelled
+    return JSONResponse(answer.body, headers=answer.headers)
 
 
 def event_stream(
@@ -52,7 +75,7 @@ async def _events(chunks: AsyncIterator[dict[str, Any]]) -> AsyncIterator[Server
         async for chunk in chunks:
             yield ServerSentEvent(data=json.dumps(chunk, separators=(",", ":")))
     except PowerserveError as exc:
-        body = error_body(status_of(exc), exc.message, param=exc.param, code=exc.code)
+        _status, body = error_of(exc)
         yield ServerSentEvent(data=json.dumps(body))
     yield ServerSentEvent(data="[DONE]")
 

@@ -12,12 +12,14 @@ __all__ = ["cache_key"]
 _LAYOUT = 2
 
 
-def cache_key(*, route: str, revision: str, fields: dict[str, Any]) -> str:
-    """``powerserve:v2:<sha256>`` of the route, the model's revision (weights and adapter) and every
-    output-affecting request field (prompt token ids, sampling and power parameters). Not covered:
-    stream, stream_options, user, request ids (they change how an answer travels, not what it is)."""
+def cache_key(*, route: str, revision: str, fields: dict[str, Any], partition: str | None = None) -> str:
+    """``powerserve:v2:<sha256>`` of the route, the model's revision (weights and adapter), every
+    output-affecting request field (prompt token ids, sampling and power parameters) and the
+    partition (a project's; None: shared by all). Not covered: stream, stream_options, user, request
+    ids (they change how an answer travels, not what it is)."""
+    scope = {} if partition is None else {"partition": partition}  # shared keys stay as they were
     canonical = json.dumps(
-        {"layout": _LAYOUT, "route": route, "revision": revision, "request": fields},
+        {"layout": _LAYOUT, "route": route, "revision": revision, "request": fields} | scope,
         sort_keys=True,
         separators=(",", ":"),
         default=list,

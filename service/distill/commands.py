@@ -1,5 +1,7 @@
 """``powerserve distill ...``: the pipeline's stages as commands (each also a pydantic-settings model,
-so the engine's settings apply: --model, --max-model-len, ...).
+holding the settings groups it uses: generate and eval run the service without HTTP, so they take the
+model, engine, workers, request, power and cache groups (--model, --max-model-len, ...); train takes
+the model group alone).
 
     powerserve distill generate --limit 192     teacher answers   -> runs/distill/teacher.jsonl
     powerserve distill train                    LoRA fine-tuning  -> runs/distill/adapter/
@@ -16,7 +18,16 @@ from pathlib import Path
 from pydantic import Field
 from pydantic_settings import BaseSettings, CliApp, CliSubCommand
 
-from service.config import Settings
+from service.config import (
+    CacheSettings,
+    EngineSettings,
+    LoRASettings,
+    ModelSettings,
+    PowerSettings,
+    RequestSettings,
+    Settings,
+    WorkerPoolSettings,
+)
 from service.distill.data import DEFAULT_PROMPTS, read_prompts
 from service.distill.evaluate import evaluate, summarise, write_report
 from service.distill.teacher import PowerParams, generate_teacher, pending
@@ -30,7 +41,17 @@ logger = logging.getLogger(__name__)
 RUNS = Path("runs") / "distill"
 
 
-class _Stage(Settings):
+# The groups the service without HTTP reads (service/runtime.py running_services: the engine, the
+# request path, the response cache), last to first as in Settings.
+class _Stage(
+    CacheSettings,
+    PowerSettings,
+    RequestSettings,
+    WorkerPoolSettings,
+    LoRASettings,
+    EngineSettings,
+    ModelSettings,
+):
     prompts: Path = Field(DEFAULT_PROMPTS, description="Prompt set (JSONL).")
     limit: int | None = Field(None, ge=1, description="Use only the first N prompts of the split.")
     alpha: float = Field(4.0, ge=1, description="Power of the teacher (and of the eval's power route).")
@@ -64,7 +85,7 @@ class Generate(_Stage):
         if not pending(items, self.teacher):
             logger.info("%s already answers every prompt", self.teacher)
             return
-        async with running_services(self) as services:
+        async with running_services(Settings.from_command(self)) as services:
             written = await generate_teacher(
                 services,
                 items,
@@ -76,7 +97,7 @@ class Generate(_Stage):
         logger.info("%d teacher answers written to %s", written, self.teacher)
 
 
-class Train(Settings):
+class Train(ModelSettings):
     """Stage 2: LoRA fine-tuning of the base model on the teacher answers."""
 
     teacher: Path = RUNS / "teacher.jsonl"
@@ -101,7 +122,8 @@ class Train(Settings):
             max_steps=self.max_steps,
             seed=self.train_seed,
         )
-        train_adapter(resolve_model_dir(self), self.teacher, self.adapter, config)
+        model_dir = resolve_model_dir(Settings.from_command(self))
+        train_adapter(model_dir, self.teacher, self.adapter, config)
 
 
 class Eval(_Stage):
@@ -116,7 +138,7 @@ class Eval(_Stage):
 
     async def evaluate_routes(self) -> None:
         items = read_prompts(self.prompts, self.split, self.limit)
-        settings = self.model_copy(update={"distilled_adapter": self.adapter})
+        settings = Settings.from_command(self, distilled_adapter=self.adapter)
         async with running_services(settings) as services:
             records = await evaluate(
                 services, items, power=self.power, concurrency=self.concurrency, seed=self.seed + 1

@@ -18,9 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from service.distill.data import PromptItem, answer_is_correct
-from service.distill.teacher import PowerParams, answer, run_bounded
+from service.distill.teacher import Generator, PowerParams, answer, run_bounded
 from service.plotting import saved_figure
-from service.runtime import Services
 
 __all__ = ["evaluate", "markdown_table", "summarise", "write_report"]
 
@@ -28,7 +27,7 @@ ROUTES = ("base", "power", "distilled")
 
 
 async def evaluate(
-    services: Services,
+    generator: Generator,
     items: Sequence[PromptItem],
     *,
     power: PowerParams,
@@ -38,7 +37,7 @@ async def evaluate(
 ) -> dict[str, list[dict[str, Any]]]:
     """Answers of every route for every item, one route after the other (so latencies compare).
     ``distilled_model``: the distilled route's model id (default ``<base>-distilled``)."""
-    base = services.engine.info.model_id
+    base = generator.base_model
     model_ids = {
         "base": base,
         "power": f"{base}-power",
@@ -52,7 +51,7 @@ async def evaluate(
             i: int, item: PromptItem, model_id: str = model_ids[route], is_power: bool = is_power
         ) -> Callable[[], Awaitable[dict]]:
             return lambda: answer(
-                services,
+                generator,
                 model_id,
                 item,
                 max_tokens=power.max_tokens,

@@ -1,8 +1,10 @@
 """Stage 1, ``generate``: teacher answers from the power route, as JSONL.
 
 Prompts run through the service's own request path (the same defaults, reports and self-reward as
-the API), several at once so that the engine batches their chains. Each finished answer is appended and
-flushed; a rerun skips the prompts already answered, so an interrupted run continues where it stopped.
+the API), several at once so that the engine batches their chains: offline (``powerserve distill``)
+the request path itself, in a fine-tuning job the serving layer, which charges the job's owner.
+Each finished answer is appended and flushed; a rerun skips the prompts already answered, so an
+interrupted run continues where it stopped.
 """
 
 from __future__ import annotations
@@ -13,17 +15,24 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from tqdm import tqdm
 
 from service.distill.data import PromptItem, append_jsonl, read_jsonl
-from service.generation import GenerationRequest
+from service.generation import GenerationRequest, GenerationResult
 from service.power import PowerMethod
 from service.prompts import PromptRenderer
-from service.runtime import Services
 
-__all__ = ["PowerParams", "answer", "generate_teacher", "pending", "prompt_ids", "run_bounded"]
+__all__ = [
+    "Generator",
+    "PowerParams",
+    "answer",
+    "generate_teacher",
+    "pending",
+    "prompt_ids",
+    "run_bounded",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -41,6 +50,19 @@ class PowerParams:
     particles: int = 4
 
 
+class Generator(Protocol):
+    """What answers the teacher's and the evaluation's requests: a model id and a request in, the
+    result out (``runtime.Services`` offline; a fine-tuning job's gated generator in the server)."""
+
+    @property
+    def renderer(self) -> PromptRenderer: ...
+
+    @property
+    def base_model(self) -> str: ...
+
+    async def generate(self, model_id: str, request: GenerationRequest) -> GenerationResult: ...
+
+
 def prompt_ids(renderer: PromptRenderer, item: PromptItem) -> list[int]:
     if item.messages is not None:
         return renderer.encode_chat(item.messages)
@@ -52,7 +74,7 @@ def prompt_ids(renderer: PromptRenderer, item: PromptItem) -> list[int]:
 
 
 async def answer(
-    services: Services,
+    generator: Generator,
     model_id: str,
     item: PromptItem,
     *,
@@ -62,7 +84,7 @@ async def answer(
     power: PowerParams | None = None,
 ) -> dict[str, Any]:
     """One answer on one route, as a JSON record with its cost, self-reward and latency."""
-    ids = prompt_ids(services.renderer, item)
+    ids = prompt_ids(generator.renderer, item)
     request = GenerationRequest(
         prompts=(tuple(ids),),
         max_tokens=max_tokens,
@@ -74,8 +96,7 @@ async def answer(
         block_size=power.block_size if power else None,
     )
     began = time.monotonic()
-    completions = services.completions
-    result = await completions.generate(completions.resolve(completions.route(model_id), request))
+    result = await generator.generate(model_id, request)
     choice = result.choices[0]
     return item.to_json() | {
         "route": model_id,
@@ -97,7 +118,8 @@ async def run_bounded(
     on_done: Callable[[dict[str, Any]], None],
     description: str,
 ) -> None:
-    """Run ``jobs`` at most ``concurrency`` at a time, with a progress bar, handing each result on."""
+    """Run ``jobs`` at most ``concurrency`` at a time, with a progress bar, handing each result on.
+    The first that fails cancels the others (a task group): none keeps the engine busy for nobody."""
     gate = asyncio.Semaphore(concurrency)
     with tqdm(total=len(jobs), desc=description, unit="prompt") as progress:
 
@@ -107,7 +129,13 @@ async def run_bounded(
             on_done(record)
             progress.update()
 
-        await asyncio.gather(*(run(job) for job in jobs))
+        try:
+            async with asyncio.TaskGroup() as group:
+                for job in jobs:
+                    group.create_task(run(job))
+        except BaseExceptionGroup as failed:
+            # Callers see the first failure as it is (a job failed for this reason).
+            raise failed.exceptions[0] from None
 
 
 def pending(items: Sequence[PromptItem], out: Path) -> list[PromptItem]:
@@ -117,7 +145,7 @@ def pending(items: Sequence[PromptItem], out: Path) -> list[PromptItem]:
 
 
 async def generate_teacher(
-    services: Services,
+    generator: Generator,
     items: Sequence[PromptItem],
     out: Path,
     *,
@@ -132,12 +160,12 @@ async def generate_teacher(
     if len(todo) < len(items):
         logger.info("%s: %d answers already there, %d to go", out, len(items) - len(todo), len(todo))
     out.parent.mkdir(parents=True, exist_ok=True)
-    model_id = services.engine.info.model_id + "-power"
+    model_id = generator.base_model + "-power"
     index = {item.id: i for i, item in enumerate(items)}
 
     def job(item: PromptItem) -> Callable[[], Awaitable[dict[str, Any]]]:
         return lambda: answer(
-            services,
+            generator,
             model_id,
             item,
             max_tokens=power.max_tokens,

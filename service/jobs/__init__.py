@@ -1,15 +1,17 @@
-"""Offline work through the OpenAI contracts: uploaded files and batches, kept on disk.
+"""Offline work through the OpenAI contracts: uploaded files, batches and fine-tuning jobs.
 
-store.py     what a store of files and batches offers; SQLite metadata and file contents under the
-             state directory (one gateway, durable across restarts)
-redis_store.py  the same in a Redis shared by gateway replicas, batch lines queued in streams
+records.py   the records (files, batches, batch lines, fine-tuning jobs and events), their statuses,
+             ids, and how a store writes and reads them
+stores/      one contract (base.py) and two stores: SQLite under the state directory (one gateway,
+             durable across restarts) and Redis (shared by gateway replicas, batch lines in streams)
 files.py     what an upload must be (JSONL, size and line caps)
 batches.py   batch validation and the background worker that answers batch lines
 tuning.py    fine-tuning jobs: power self-distillation (teacher, LoRA training, serving, eval)
-tuning_store.py  their durable state and events
-worker.py    the background loop both workers run on
+retention.py deleting files past their expiry
+worker.py    the background loop the workers run on
 
-Nothing here knows HTTP: the worker answers a line through a function the API layer gives it.
+Nothing here knows HTTP: the workers answer lines and ask for teacher answers through functions the
+serving layer gives them (service/serving/gateway.py).
 """
 
 from service.jobs.batches import (
@@ -21,27 +23,30 @@ from service.jobs.batches import (
     validate_lines,
 )
 from service.jobs.files import INPUT_PURPOSES, check_upload, parse_jsonl
-from service.jobs.redis_store import RedisJobStore
-from service.jobs.store import (
+from service.jobs.records import (
+    ACTIVE_BATCH_STATUSES,
+    ACTIVE_TUNING_STATUSES,
+    FINAL_BATCH_STATUSES,
+    FINAL_TUNING_STATUSES,
     BatchLine,
     BatchRecord,
     FileRecord,
-    JobStore,
-    OfflineStore,
-    derived_file_id,
-)
-from service.jobs.tuning import FineTuningWorker, Hyperparameters, fine_tuned_model_id
-from service.jobs.tuning_store import (
-    ACTIVE_TUNING_STATUSES,
     FineTuningEvent,
     FineTuningJob,
-    FineTuningStore,
+    derived_file_id,
+    now,
 )
+from service.jobs.retention import RetentionWorker
+from service.jobs.stores import OfflineStore, RedisOfflineStore, SqliteOfflineStore
+from service.jobs.tuning import FineTuningWorker, Hyperparameters, fine_tuned_model_id
 
 __all__ = [
+    "ACTIVE_BATCH_STATUSES",
     "ACTIVE_TUNING_STATUSES",
     "BATCH_ENDPOINTS",
     "COMPLETION_WINDOWS",
+    "FINAL_BATCH_STATUSES",
+    "FINAL_TUNING_STATUSES",
     "INPUT_PURPOSES",
     "AnswerLine",
     "BatchLine",
@@ -50,15 +55,16 @@ __all__ = [
     "FileRecord",
     "FineTuningEvent",
     "FineTuningJob",
-    "FineTuningStore",
     "FineTuningWorker",
     "Hyperparameters",
-    "JobStore",
     "OfflineStore",
-    "RedisJobStore",
+    "RedisOfflineStore",
+    "RetentionWorker",
+    "SqliteOfflineStore",
     "check_upload",
     "derived_file_id",
     "fine_tuned_model_id",
+    "now",
     "output_line",
     "parse_jsonl",
     "validate_lines",

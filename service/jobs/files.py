@@ -45,6 +45,10 @@ def parse_jsonl(content: bytes, *, max_lines: int | None = None) -> list[tuple[i
                 param="file",
                 code="invalid_jsonl",
             ) from exc
+        except RecursionError as exc:  # json nests by recursion: a hostile line must not be a 500
+            raise InvalidRequestError(
+                f"Line {number} is nested too deeply.", param="file", code="invalid_jsonl"
+            ) from exc
         if not isinstance(value, dict):
             raise InvalidRequestError(
                 f"Line {number} is not a JSON object.", param="file", code="invalid_jsonl"

@@ -22,30 +22,30 @@ import asyncio
 import json
 import logging
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from service.distill.data import PromptItem
 from service.distill.evaluate import evaluate, markdown_table, summarise
-from service.distill.teacher import PowerParams, generate_teacher
+from service.distill.teacher import Generator, PowerParams, generate_teacher
 from service.engines.base import scheduling_priority
 from service.errors import InvalidRequestError
 from service.jobs.files import parse_jsonl
-from service.jobs.store import OfflineStore, derived_file_id, now
-from service.jobs.tuning_store import ACTIVE_TUNING_STATUSES, FineTuningJob, FineTuningStore
+from service.jobs.records import ACTIVE_TUNING_STATUSES, FineTuningJob, derived_file_id, now
+from service.jobs.stores import OfflineStore
 from service.jobs.worker import BackgroundWorker
 from service.metrics import record
-from service.pipeline import fine_tuned_route
-from service.runtime import Services
 
 __all__ = [
     "BASE_LEARNING_RATE",
     "FineTuningWorker",
     "Hyperparameters",
     "JobFailed",
+    "ModelServer",
     "fine_tuned_model_id",
 ]
 
@@ -119,6 +119,18 @@ def fine_tuned_model_id(base: str, suffix: str | None, job_id: str) -> str:
     return f"ft:{base}:{suffix or 'powerserve'}:{job_id.removeprefix('ftjob-')}"
 
 
+class ModelServer(Protocol):
+    """Where a job's model is served (the serving layer's models resource)."""
+
+    async def serve_fine_tuned(self, model_id: str, adapter: Path, owner: str | None) -> None:
+        """Load the adapter into the engine and serve it to ``owner``'s project."""
+        ...
+
+    def withdraw(self, model_id: str) -> None:
+        """Stop serving a model added by ``serve_fine_tuned``."""
+        ...
+
+
 class JobFailed(Exception):
     """A job cannot succeed: its ``error`` (code, message, param)."""
 
@@ -131,7 +143,7 @@ class JobFailed(Exception):
 class _Events:
     """A job's events, written in the order they happen by one task (callbacks may not await)."""
 
-    store: FineTuningStore
+    store: OfflineStore
     job_id: str
 
     def __post_init__(self) -> None:
@@ -151,21 +163,27 @@ class _Events:
 
 
 class FineTuningWorker(BackgroundWorker):
-    """Runs fine-tuning jobs one at a time, oldest first, in the gateway process."""
+    """Runs fine-tuning jobs one at a time, oldest first, in the gateway process. A job's teacher and
+    evaluation requests go through ``generator_for(job)`` (charged to the job's owner); its model is
+    served by ``models``; training reads the base model from ``model_dir``."""
 
     def __init__(
         self,
         files: OfflineStore,
-        jobs: FineTuningStore,
-        services: Services,
+        jobs: OfflineStore,
+        models: ModelServer,
         *,
+        model_dir: Path,
+        generator_for: Callable[[FineTuningJob], Generator],
         priority: int,
         concurrency: int,
     ):
         super().__init__("fine-tuning worker", idle_s=1.0)
         self.files = files
         self.jobs = jobs
-        self.services = services
+        self.models = models
+        self.model_dir = model_dir
+        self.generator_for = generator_for
         self.priority = priority
         self.concurrency = concurrency
         self._running: tuple[str, asyncio.Task[None]] | None = None
@@ -177,7 +195,9 @@ class FineTuningWorker(BackgroundWorker):
                 logger.error("fine-tuning job %s: its adapter %s is gone", job.id, job.adapter_dir)
                 continue
             try:
-                await self._serve(job.fine_tuned_model, Path(job.adapter_dir))
+                await self.models.serve_fine_tuned(
+                    job.fine_tuned_model, Path(job.adapter_dir), job.project
+                )
             except Exception:  # one broken adapter must not keep the service from starting
                 logger.exception("fine-tuning job %s: its model cannot be served", job.id)
 
@@ -220,25 +240,29 @@ class FineTuningWorker(BackgroundWorker):
                 else {"code": "invalid_training_file", "message": failure.message, "param": None}
             )
             await self._finish(job, "failed", events, error=error)
-            self.services.completions.remove_route(model_id)
+            self.models.withdraw(model_id)
         except asyncio.CancelledError:  # cancelled, or the gateway is stopping (it resumes then)
-            self.services.completions.remove_route(model_id)
+            self.models.withdraw(model_id)
             raise
-        except Exception as exc:
+        except Exception:
+            # The details are the operator's (the log), not the job owner's.
             logger.exception("fine-tuning job %s failed", job.id)
+            message = "The job failed on an internal error; the server's log has the details."
             await self._finish(
                 job,
                 "failed",
                 events,
-                error={"code": "internal_error", "message": str(exc), "param": None},
+                error={"code": "internal_error", "message": message, "param": None},
             )
-            self.services.completions.remove_route(model_id)
+            self.models.withdraw(model_id)
         finally:
             await events.close()
 
     async def _stages(self, job: FineTuningJob, model_id: str, events: _Events) -> None:
         hyper = Hyperparameters.model_validate(job.hyperparameters)
-        work = self.jobs.root / job.id
+        if self.jobs.tuning_dir is None:
+            raise RuntimeError("the fine-tuning job store has no local work directory (tuning_dir)")
+        work = self.jobs.tuning_dir / job.id
         work.mkdir(parents=True, exist_ok=True)
         train, held_out = await self._prompts(job, hyper)
         if job.status == "validating_files":
@@ -265,9 +289,10 @@ class FineTuningWorker(BackgroundWorker):
             )
 
         events.emit(f"Generating teacher answers from the power route ({_describe(hyper)}).")
+        generator = self.generator_for(job)
         with scheduling_priority(self.priority):  # yields to interactive requests, as batches do
             await generate_teacher(
-                self.services,
+                generator,
                 train,
                 teacher,
                 power=hyper.power,
@@ -279,11 +304,11 @@ class FineTuningWorker(BackgroundWorker):
         adapter = work / "adapter"
         trained = await self._train(teacher, adapter, hyper, events)
 
-        await self._serve(model_id, adapter)
+        await self.models.serve_fine_tuned(model_id, adapter, job.project)
         events.emit(f"Serving {model_id}; evaluating on {len(held_out)} held-out prompts.")
         with scheduling_priority(self.priority):
             records = await evaluate(
-                self.services,
+                generator,
                 held_out,
                 power=hyper.power,
                 concurrency=self.concurrency,
@@ -300,6 +325,7 @@ class FineTuningWorker(BackgroundWorker):
             filename=f"{job.id}_results.json",
             purpose="fine-tune-results",
             file_id=derived_file_id(job.id, "results"),
+            project=job.project,
         )
         await self._finish(
             job,
@@ -359,7 +385,7 @@ class FineTuningWorker(BackgroundWorker):
             return int(json.loads(summary_path.read_text()).get("trained_tokens", 0))
         events.emit(f"Training a rank-{hyper.lora_rank} LoRA adapter on the teacher answers.")
         log = adapter.parent / "training.log"
-        arguments = (self.services.model_dir, teacher, adapter, json.dumps(hyper.train_config()))
+        arguments = (self.model_dir, teacher, adapter, json.dumps(hyper.train_config()))
         with open(log, "ab") as stderr:
             process = await asyncio.create_subprocess_exec(
                 *(sys.executable, "-W", "ignore::RuntimeWarning", "-m", "service.distill.train"),
@@ -370,9 +396,11 @@ class FineTuningWorker(BackgroundWorker):
             try:
                 trained = await self._follow_training(process, events)
                 if await process.wait() != 0:
+                    logger.error("fine-tuning: training failed; its log is %s", log)
                     raise JobFailed(
                         "training_failed",
-                        f"Training exited with status {process.returncode} (see {log}).",
+                        f"Training exited with status {process.returncode}; the server's log "
+                        "names its own log.",
                     )
             finally:
                 if process.returncode is None:  # cancelled: the training stops with the job
@@ -401,12 +429,6 @@ class FineTuningWorker(BackgroundWorker):
                     data={"stage": "training", **report},
                 )
         return trained
-
-    async def _serve(self, model_id: str, adapter: Path) -> None:
-        await self.services.engine.add_adapter(model_id, adapter)
-        self.services.completions.add_route(
-            fine_tuned_route(model_id, self.services.engine.info.model_id)
-        )
 
     async def _set(self, job: FineTuningJob, **fields: Any) -> FineTuningJob:
         updated = await self.jobs.update(job.id, only_from=ACTIVE_TUNING_STATUSES, **fields)

@@ -13,6 +13,9 @@ __all__ = ["BackgroundWorker"]
 
 logger = logging.getLogger(__name__)
 
+# How long ``close`` waits for the loop to end before cancelling it again.
+_CANCEL_AGAIN_S = 0.5
+
 
 class BackgroundWorker:
     """Subclasses say what one pass does (``_pass``: whether it did anything)."""
@@ -31,11 +34,17 @@ class BackgroundWorker:
         self._wake.set()
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        """Stop the loop, cancelling it again until it ends: on Python 3.11 a cancel can be lost
+        (``asyncio.wait_for``, with which redis-py sends a command, returns the command's result
+        when it completes as the cancel arrives), and the loop would go on forever."""
+        task, self._task = self._task, None
+        if task is None:
+            return
+        while not task.done():
+            task.cancel()
+            await asyncio.wait([task], timeout=_CANCEL_AGAIN_S)
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
 
     async def _pass(self) -> bool:
         raise NotImplementedError

@@ -83,11 +83,22 @@ class Gate:
     def from_settings(cls, settings: Settings) -> Gate:
         return cls(
             keys=KeyRing.from_settings(settings.api_keys, settings.api_keys_file),
-            limiter=RateLimiter(settings.redis_url),
+            # Counters where nothing evicts them: the jobs Redis when there is one (rate.py).
+            limiter=RateLimiter(settings.jobs_redis_url or settings.redis_url),
             admission=Admission(settings.max_inflight_requests, settings.max_inflight_tokens),
             rpm=settings.rate_limit_rpm,
             tpm=settings.rate_limit_tpm,
         )
+
+    @property
+    def limited(self) -> bool:
+        """Whether any request can be rate-limited (the settings or a key set a limit)."""
+        return bool(self.rpm or self.tpm or self.keys.has_limits)
+
+    async def check(self) -> None:
+        """At start-up: with limits on, refuse counters in a Redis that may evict them."""
+        if self.limited:
+            await self.limiter.check()
 
     def limits_for(self, key: ApiKey | None) -> tuple[int | None, int | None]:
         """A key's (rpm, tpm): its own where the keys file sets them (0: unlimited), else the

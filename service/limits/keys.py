@@ -9,6 +9,9 @@ Keys come from two places, both optional:
       sha256 = "3f1c..."        # powerserve hash-key < key.txt
       rpm = 600                 # optional: overrides POWERSERVE_RATE_LIMIT_RPM; 0 = unlimited
       tpm = 2000000             # optional: overrides POWERSERVE_RATE_LIMIT_TPM; 0 = unlimited
+      project = "search-team"   # optional: keys of one project share their files, batches, jobs
+                                # and fine-tuned models; without it a key is a project of its own
+      admin = true              # optional: an operator's key, which sees every project's objects
 
 A presented key is hashed and compared with every stored hash by ``hmac.compare_digest``, so the time
 taken says nothing about how much of a key was right, nor which key it was close to.
@@ -34,12 +37,20 @@ def hash_key(key: str) -> str:
 
 @dataclass(frozen=True)
 class ApiKey:
-    """A key's name (what logs and limits see, never the key) and its own limits: None follows the
-    settings, 0 is unlimited."""
+    """A key's name (what logs and limits see, never the key), its own limits (None follows the
+    settings, 0 is unlimited), the project that owns what it creates, and whether it is an
+    operator's key that sees every project."""
 
     name: str
     rpm: int | None = None
     tpm: int | None = None
+    project_name: str | None = None
+    admin: bool = False
+
+    @property
+    def project(self) -> str:
+        """The project this key's objects belong to: its own name unless it names one."""
+        return self.project_name or self.name
 
 
 class KeyRing:
@@ -70,6 +81,15 @@ class KeyRing:
     def __len__(self) -> int:
         return len(self._keys)
 
+    @property
+    def has_limits(self) -> bool:
+        """Whether a key sets a limit of its own."""
+        return any(key.rpm or key.tpm for _, key in self._keys)
+
+    def named(self, name: str) -> ApiKey | None:
+        """The key called ``name`` (the owner of offline work, charged when it runs)."""
+        return next((key for _, key in self._keys if key.name == name), None)
+
     def authenticate(self, presented: str) -> ApiKey | None:
         """The key whose hash matches ``presented``'s, or None; every stored hash is compared."""
         digest = hashlib.sha256(presented.encode()).digest()
@@ -97,5 +117,11 @@ def _read_keys_file(path: Path) -> dict[str, ApiKey]:
             if value is not None and (not isinstance(value, int) or value < 0):
                 raise ValueError(f"{path}: key {name!r}: {field} must be an integer >= 0")
             limits[field] = value
-        keys[digest] = ApiKey(str(name), **limits)
+        project = entry.get("project")
+        if project is not None and (not isinstance(project, str) or not project.strip()):
+            raise ValueError(f"{path}: key {name!r}: project must be a non-empty string")
+        admin = entry.get("admin", False)
+        if not isinstance(admin, bool):
+            raise ValueError(f"{path}: key {name!r}: admin must be true or false")
+        keys[digest] = ApiKey(str(name), **limits, project_name=project, admin=admin)
     return keys

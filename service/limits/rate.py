@@ -10,7 +10,11 @@ power request) and the sliding-window counter cannot tell which of its two windo
 into, so a refund there would credit the wrong one.
 
 A charge is given back only while its window lasts: once the window has expired the charge has gone
-with it (the refund is skipped rather than credited to the next window).
+with it (the refund is skipped rather than credited to the next window), and never more than the
+window's counter holds, so no refund takes a counter below zero.
+
+The counters must not be evicted (an evicted counter followed by a refund is free credit): they live
+in the jobs Redis when one is configured, and ``check`` refuses a Redis with an ``allkeys-*`` policy.
 
 The limiter fails open: when Redis cannot be reached, requests are admitted unlimited (not failed),
 the outage is counted (``powerserve_rate_limit_errors_total``) and logged at most once a minute, and
@@ -24,6 +28,7 @@ import math
 import time
 from dataclasses import dataclass
 
+import redis.asyncio as redis
 from limits import RateLimitItem, RateLimitItemPerMinute
 from limits.aio.storage import MemoryStorage, RedisStorage, Storage
 from limits.aio.strategies import FixedWindowRateLimiter
@@ -31,6 +36,7 @@ from limits.errors import StorageError
 
 from service.errors import RateLimitedError
 from service.metrics import record
+from service.redis_policy import evicting_policy
 
 __all__ = ["Quota", "RateLimiter", "Reservation", "Window", "reset_text"]
 
@@ -112,6 +118,7 @@ class RateLimiter:
             self.storage = MemoryStorage()
         self.window = FixedWindowRateLimiter(self.storage)
         self.shared = redis_url is not None
+        self._redis_url = redis_url
         self._log_interval_s = log_interval_s
         self._last_log = -math.inf
         self._down_until = -math.inf  # after a failure, skip the storage until then
@@ -135,6 +142,22 @@ class RateLimiter:
             self._storage_failed("reserve", exc)
             return Reservation(identity, None, 0, Quota())
 
+    async def check(self) -> None:
+        """Refuse counters in a Redis that may evict them (at start-up, when limits are on)."""
+        if self._redis_url is None:
+            return
+        client = redis.from_url(self._redis_url, socket_timeout=2, socket_connect_timeout=2)
+        try:
+            policy = await evicting_policy(client, "rate limits")
+        finally:
+            await client.aclose()
+        if policy is not None:
+            raise RuntimeError(
+                f"The rate-limit counters' Redis has maxmemory-policy {policy}: an evicted counter "
+                "would turn a refund into free credit. Set POWERSERVE_JOBS_REDIS_URL to a Redis "
+                "that never evicts (the counters live there), or use noeviction."
+            )
+
     async def settle(self, reservation: Reservation, used: int) -> Quota:
         """Give back what the request did not use of its reservation; the quota after that."""
         if reservation.settled or reservation.tokens_item is None:
@@ -146,6 +169,12 @@ class RateLimiter:
         if unused <= 0 or tokens is None or time.time() > tokens.resets_at - _REFUND_MARGIN_S:
             return reservation.quota
         try:
+            # Never below zero: what the counter holds bounds the refund (its window may have
+            # been restarted, or the counter lost, since the charge).
+            before = await self.window.get_window_stats(item, identity)
+            unused = min(unused, max(0, item.amount - before.remaining))
+            if unused <= 0:
+                return reservation.quota
             await self.window.hit(item, identity, cost=-unused)  # INCRBY -unused
             stats = await self.window.get_window_stats(item, identity)
         except (StorageError, OSError, TimeoutError) as exc:

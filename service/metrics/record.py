@@ -17,6 +17,7 @@ from service.metrics.registry import (
     BATCH_LINES,
     BATCH_LINES_TAKEN_OVER,
     BATCH_QUEUE_DEPTH,
+    BATCH_STORE_ERRORS,
     BATCHES,
     CACHE_ERRORS,
     CACHE_LOOKUPS,
@@ -43,6 +44,7 @@ __all__ = [
     "batch_line",
     "batch_lines_taken_over",
     "batch_queue_depth",
+    "batch_store_error",
     "cache_error",
     "cache_lookup",
     "fine_tuning_job",
@@ -125,6 +127,11 @@ def batch_lines_taken_over(lines: int) -> None:
 def batch_queue_depth(lines: int) -> None:
     """Lines of the running batch not answered yet."""
     BATCH_QUEUE_DEPTH.set(lines)
+
+
+def batch_store_error(operation: str) -> None:
+    """The job store failed the batch worker on ``operation`` (see BATCH_STORE_OPERATIONS)."""
+    BATCH_STORE_ERRORS.labels(operation).inc()
 
 
 def fine_tuning_job(status: str) -> None:

@@ -27,6 +27,8 @@ __all__ = [
     "BATCH_LINES",
     "BATCH_LINES_TAKEN_OVER",
     "BATCH_QUEUE_DEPTH",
+    "BATCH_STORE_ERRORS",
+    "BATCH_STORE_OPERATIONS",
     "CACHE_ERRORS",
     "CACHE_LOOKUPS",
     "ENGINE_REQUESTS",
@@ -177,6 +179,19 @@ BATCH_LINES_TAKEN_OVER = Counter(
     "or lost Redis), with the job store in Redis.",
     registry=REGISTRY,
 )
+# What the batch worker was doing when the job store failed: listing the active batches, or for
+# one batch validating, claiming lines, recording a line's result, finalizing, expiring, or failing
+# it (after failures in a row).
+BATCH_STORE_OPERATIONS = ("list", "validate", "claim", "record", "finalize", "expire", "fail")
+BATCH_STORE_ERRORS = Counter(
+    "powerserve_batch_store_errors_total",
+    "Job-store failures the batch worker met, by operation: list (the active batches), validate, "
+    "claim (lines), record (a line's result), finalize (output files), expire, fail (failing a "
+    "batch after failures in a row). The batch backs off and tries again; after failures in a row "
+    "it is failed with state_unavailable.",
+    ["operation"],
+    registry=REGISTRY,
+)
 FINE_TUNING_JOBS = Counter(
     "powerserve_fine_tuning_jobs_total",
     "Fine-tuning jobs that reached a status: running, then succeeded, failed or cancelled.",
@@ -217,6 +232,8 @@ def prime(routes: Sequence[str]) -> None:
         BATCH_LINES.labels(result)
     for status in ("completed", "failed", "cancelled", "expired"):
         BATCHES.labels(status)
+    for operation in BATCH_STORE_OPERATIONS:
+        BATCH_STORE_ERRORS.labels(operation)
     for status in ("running", "succeeded", "failed", "cancelled"):
         FINE_TUNING_JOBS.labels(status)
     for reason in REJECTION_REASONS:

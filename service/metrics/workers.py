@@ -4,6 +4,10 @@ The remote engine keeps its own counts (service/engines/remote/pool.py) and impo
 collector turns a snapshot of them into the ``powerserve_worker_*`` families whenever /metrics is
 scraped. ``register_worker_pool`` points it at an engine's snapshot; until then (and with the
 in-process engine) the families are declared without samples.
+
+The ``worker`` label is the worker's index in the configured list ("0", "1", ...), never its URL: a
+scrape must not learn the workers' hosts, ports or credentials. The gateway logs which index is which
+URL once, at start-up.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ class WorkerStats(Protocol):
     """One worker as the snapshot shows it (``service.engines.remote.WorkerSnapshot``)."""
 
     @property
-    def url(self) -> str: ...
+    def index(self) -> int: ...
     @property
     def up(self) -> bool: ...
     @property
@@ -76,13 +80,14 @@ def _families(workers: Iterable[WorkerStats]) -> list[Metric]:
         labels=["worker"],
     )
     for worker in workers:
-        up.add_metric([worker.url], 1.0 if worker.up else 0.0)
-        in_flight.add_metric([worker.url], worker.in_flight)
-        requests.add_metric([worker.url], worker.requests)
-        failures.add_metric([worker.url], worker.failures)
+        label = [str(worker.index)]
+        up.add_metric(label, 1.0 if worker.up else 0.0)
+        in_flight.add_metric(label, worker.in_flight)
+        requests.add_metric(label, worker.requests)
+        failures.add_metric(label, worker.failures)
         # Absent until the worker's first scrape that saw any prompt token.
         if worker.prefix_cache_hit_ratio is not None:
-            hit_ratio.add_metric([worker.url], worker.prefix_cache_hit_ratio)
+            hit_ratio.add_metric(label, worker.prefix_cache_hit_ratio)
     return [up, in_flight, requests, failures, hit_ratio]
 
 

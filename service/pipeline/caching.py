@@ -41,6 +41,9 @@ class CacheControl:
     no_store: bool = False  # do not store this answer
     ttl: float | None = None  # store for this many seconds
     s_maxage: float | None = None  # accept only a cached answer at most this old
+    # Whose answers this request may read and write (a project's, when keys are configured): a hit
+    # must not tell one tenant what another asked.
+    partition: str | None = None
 
 
 @dataclass(frozen=True)
@@ -74,7 +77,10 @@ class ResultCache:
             return None
         return CachePolicy(
             key=cache_key(
-                route=resolved.route.model_id, revision=self.revision, fields=resolved.cache_fields()
+                route=resolved.route.model_id,
+                revision=self.revision,
+                fields=resolved.cache_fields(),
+                partition=control.partition,
             ),
             read=not control.no_cache,
             write=not control.no_store,

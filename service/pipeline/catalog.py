@@ -39,6 +39,10 @@ class ModelRoute:
     kind: RouteKind
     base_model: str
     adapter: str | None = None  # the LoRA adapter a distilled route samples from
+    # A fine-tuned model belongs to the project whose job made it (None: made without keys); the
+    # base model's routes are everyone's.
+    owner: str | None = None
+    shared: bool = True
 
 
 def model_routes(base_model: str, *, distilled: bool) -> tuple[ModelRoute, ...]:
@@ -55,9 +59,12 @@ def model_routes(base_model: str, *, distilled: bool) -> tuple[ModelRoute, ...]:
     )
 
 
-def fine_tuned_route(model_id: str, base_model: str) -> ModelRoute:
-    """A fine-tuning job's model: a distilled route on the adapter the engine knows by its id."""
-    return ModelRoute(model_id, RouteKind.DISTILLED, base_model, adapter=model_id)
+def fine_tuned_route(model_id: str, base_model: str, *, owner: str | None = None) -> ModelRoute:
+    """A fine-tuning job's model: a distilled route on the adapter the engine knows by its id, seen
+    by its owner's project only."""
+    return ModelRoute(
+        model_id, RouteKind.DISTILLED, base_model, adapter=model_id, owner=owner, shared=False
+    )
 
 
 def find_route(model: str, routes: Sequence[ModelRoute]) -> ModelRoute:

@@ -73,7 +73,8 @@ class SuffixMHSampler:
         lag nothing is final until the chain ends, because any step may cut anywhere.
         """
         chain = run_id
-        rng = np.random.default_rng(None if config.seed is None else [config.seed, chain])
+        # numpy takes unsigned seed words; OpenAI seeds may be any 64-bit integer, negative too.
+        rng = np.random.default_rng(None if config.seed is None else [config.seed % 2**64, chain])
         # Every step of this chain goes to the same engine worker, whose prefix cache holds its prefix.
         affinity = uuid.uuid4().hex
         stats = SamplerStats()

@@ -78,7 +78,8 @@ class PowerSMCSampler:
         run_id: int = 0,
         stop_at: StopAt | None = None,
     ) -> AsyncIterator[FinalTokens | PowerSample]:
-        rng = np.random.default_rng(None if config.seed is None else [config.seed, run_id, 1])
+        # numpy takes unsigned seed words; OpenAI seeds may be any 64-bit integer, negative too.
+        rng = np.random.default_rng(None if config.seed is None else [config.seed % 2**64, run_id, 1])
         affinity = uuid.uuid4().hex
         stats = SamplerStats(method="smc")
         n = config.particles

@@ -7,8 +7,8 @@ import time
 import httpx
 import pytest
 
+from loadtests.harness import ServiceProcess
 from tests.conftest import TINY_MODEL_NAME
-from tests.harness import ServiceProcess
 
 
 def engine_requests(service: ServiceProcess) -> float:

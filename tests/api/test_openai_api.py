@@ -9,8 +9,8 @@ import httpx
 import openai
 import pytest
 
+from loadtests.tiny_model import EOS, WORDS
 from tests.conftest import TINY_MODEL_NAME, TINY_PROMPT
-from tests.tiny_model import EOS, WORDS
 
 MODEL = TINY_MODEL_NAME
 # Seeded requests are cached; tests of the engine's own reproducibility must not read the cache.

@@ -12,8 +12,8 @@ import httpx
 import pytest
 import redis
 
+from loadtests.harness import RedisProcess, ServiceProcess
 from tests.conftest import TINY_MODEL_NAME
-from tests.harness import RedisProcess, ServiceProcess
 
 POWER = f"{TINY_MODEL_NAME}-power"
 _seeds = itertools.count(10_000)

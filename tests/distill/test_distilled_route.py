@@ -9,8 +9,8 @@ from pathlib import Path
 import openai
 import pytest
 
+from loadtests.tiny_model import VOCAB, ExactModel
 from tests.conftest import TINY_MODEL_NAME, TINY_PROMPT
-from tests.tiny_model import VOCAB, ExactModel
 
 DISTILLED = f"{TINY_MODEL_NAME}-distilled"
 

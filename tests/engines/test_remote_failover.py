@@ -166,7 +166,7 @@ def test_when_no_worker_has_the_adapter_the_request_fails_as_an_engine_error(
     workers = [Worker({"tiny"}), Worker({"tiny"})]
 
     async def body(engine: RemoteEngine) -> None:
-        with pytest.raises(EngineError, match="does not exist"):
+        with pytest.raises(EngineError, match="No worker serves the model asked for"):
             await engine.complete([0, 1], OPTIONS)
         assert [len(w.completions) for w in workers] == [1, 1]  # each asked once, none twice
         assert (await engine.complete([0, 1], SamplingOptions(max_tokens=1))).token_ids == [1]

@@ -1,6 +1,7 @@
-"""schemathesis over the service's own /openapi.json (chat, completions, models): no 5xx, every 4xx
-in OpenAI's error shape. The fuzzer lives in its own environment (.venv-fuzz, `make test` creates
-it); without it the test is skipped."""
+"""schemathesis over the service's own /openapi.json (chat, completions, models, files, batches,
+fine-tuning jobs), with an API key configured: no 5xx, every 4xx in OpenAI's error shape. The fuzzer
+lives in its own environment (.venv-fuzz, `make test` creates it); without it the test is
+skipped."""
 
 from __future__ import annotations
 
@@ -11,13 +12,14 @@ from pathlib import Path
 
 import pytest
 
+from loadtests.harness import ServiceProcess
 from tests.conftest import start_service, tiny_engine_args
-from tests.harness import ServiceProcess
 
 ROOT = Path(__file__).resolve().parents[2]
 SCHEMATHESIS = ROOT / ".venv-fuzz" / "bin" / "st"
 MAX_EXAMPLES = int(os.environ.get("POWERSERVE_FUZZ_EXAMPLES", "30"))
-MAX_SECONDS = int(os.environ.get("POWERSERVE_FUZZ_SECONDS", "90"))
+MAX_SECONDS = int(os.environ.get("POWERSERVE_FUZZ_SECONDS", "120"))
+KEY_PAIR = "fuzzer=sk-fuzz"
 
 
 @pytest.fixture(scope="module")
@@ -26,7 +28,8 @@ def fuzzed_service(
 ) -> Iterator[ServiceProcess]:
     # Small caps, so that whatever the fuzzer asks for is answered in seconds on this CPU.
     args = [*tiny_engine_args(tiny_model_dir), "--power-token-budget", "400", "--max-n", "4"]
-    service = start_service(tmp_path_factory, "fuzzed", args)
+    args += ["--state-dir", str(tmp_path_factory.mktemp("fuzz-state"))]
+    service = start_service(tmp_path_factory, "fuzzed", args, env={"POWERSERVE_API_KEYS": KEY_PAIR})
     yield service
     service.stop()
 
@@ -41,7 +44,9 @@ def test_fuzzed_requests_get_no_5xx_and_openai_shaped_4xx(
         "run",
         f"{fuzzed_service.url}/openapi.json",
         "--include-path-regex",
-        "^/v1/(chat/completions|completions|models)",
+        "^/v1/(chat/completions|completions|models|files|batches|fine_tuning)",
+        "--header",
+        "Authorization: Bearer sk-fuzz",
         "--phases",
         "coverage,fuzzing",
         "--checks",

@@ -1,5 +1,6 @@
 """One gateway on the tiny model with a state directory, shared by the jobs tests (files, batches,
-the restart test that kills it and starts it again on the same directory)."""
+the restart test that kills it and starts it again on the same directory), with API keys of three
+projects and an operator's admin key (the tenants test; the other tests call as the operator)."""
 
 from __future__ import annotations
 
@@ -11,8 +12,32 @@ from pathlib import Path
 import openai
 import pytest
 
+from loadtests.harness import ServiceProcess
+from service.limits import hash_key
 from tests.conftest import start_service, tiny_engine_args
-from tests.harness import ServiceProcess
+
+# name -> (key, project, admin); the keys file holds their hashes. red has two keys; green's key
+# has a requests-per-minute limit (whose headers show what a batch was charged).
+KEYS = {
+    "ops": ("sk-ops", "ops", True),
+    "alice": ("sk-alice", "red", False),
+    "alan": ("sk-alan", "red", False),
+    "bob": ("sk-bob", "blue", False),
+    "batcher": ("sk-batcher", "green", False),
+}
+RPM = {"batcher": 1000}
+ADMIN_KEY = KEYS["ops"][0]
+
+
+def write_keys_file(path: Path) -> Path:
+    entries = [
+        f'[keys.{name}]\nsha256 = "{hash_key(key)}"\nproject = "{project}"\n'
+        + ("admin = true\n" if admin else "")
+        + (f"rpm = {RPM[name]}\n" if name in RPM else "")
+        for name, (key, project, admin) in KEYS.items()
+    ]
+    path.write_text("\n".join(entries))
+    return path
 
 
 class JobsGateway:
@@ -20,7 +45,8 @@ class JobsGateway:
 
     def __init__(self, factory: pytest.TempPathFactory, args: list[str], state_dir: Path):
         self.factory = factory
-        self.args = [*args, "--state-dir", str(state_dir)]
+        keys_file = write_keys_file(factory.mktemp("keys") / "keys.toml")
+        self.args = [*args, "--state-dir", str(state_dir), "--api-keys-file", str(keys_file)]
         self.state_dir = state_dir
         self.starts = 0
         self.service = self._start()
@@ -29,10 +55,9 @@ class JobsGateway:
         self.starts += 1
         return start_service(self.factory, f"jobs-{self.starts}", self.args)
 
-    def client(self, timeout: float = 120) -> openai.OpenAI:
-        return openai.OpenAI(
-            base_url=self.service.base_url, api_key="unused", max_retries=0, timeout=timeout
-        )
+    def client(self, timeout: float = 120, *, key: str = ADMIN_KEY) -> openai.OpenAI:
+        """A client with ``key`` (by default the operator's, which sees every project)."""
+        return openai.OpenAI(base_url=self.service.base_url, api_key=key, max_retries=0, timeout=timeout)
 
     def kill_and_restart(self) -> None:
         """SIGKILL the whole process group (gateway and engine core), then start afresh."""

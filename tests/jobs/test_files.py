@@ -10,7 +10,7 @@ import httpx
 import openai
 import pytest
 
-from tests.jobs.conftest import JobsGateway
+from tests.jobs.conftest import ADMIN_KEY, JobsGateway
 
 
 def _jsonl(objects: list[dict]) -> bytes:
@@ -82,6 +82,10 @@ def test_caps_and_purpose(jobs_client: openai.OpenAI) -> None:
 
 
 def test_missing_form_fields_are_400(jobs_gateway: JobsGateway) -> None:
-    response = httpx.post(f"{jobs_gateway.service.base_url}/files", data={"purpose": "batch"})
+    response = httpx.post(
+        f"{jobs_gateway.service.base_url}/files",
+        data={"purpose": "batch"},
+        headers={"Authorization": f"Bearer {ADMIN_KEY}"},
+    )
     assert response.status_code == 400
     assert response.json()["error"]["param"] == "file"

@@ -9,11 +9,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import redis
 
+from loadtests.harness import RedisProcess
 from service.errors import RateLimitedError, ServerOverloadedError
 from service.limits import Admission, KeyRing, RateLimiter, hash_key, reset_text
 from service.metrics.registry import RATE_LIMIT_ERRORS
-from tests.harness import RedisProcess
 
 
 @pytest.fixture(scope="module")
@@ -144,5 +145,67 @@ def test_keys_from_the_environment_and_a_hashed_file(tmp_path: Path) -> None:
         KeyRing.from_settings(None, bad)
 
 
+def test_keys_name_their_project_and_admin(tmp_path: Path) -> None:
+    keys_file = tmp_path / "keys.toml"
+    keys_file.write_text(
+        f'[keys.alice]\nsha256 = "{hash_key("sk-a")}"\nproject = "red"\n'
+        f'[keys.ops]\nsha256 = "{hash_key("sk-o")}"\nadmin = true\n'
+        f'[keys.bob]\nsha256 = "{hash_key("sk-b")}"\n'
+    )
+    ring = KeyRing.from_settings("carol=sk-c", keys_file)
+    alice, ops, bob, carol = (ring.authenticate(k) for k in ("sk-a", "sk-o", "sk-b", "sk-c"))
+    assert alice is not None and (alice.project, alice.admin) == ("red", False)
+    assert ops is not None and (ops.project, ops.admin) == ("ops", True)
+    assert bob is not None and bob.project == "bob"  # a key without a project is its own
+    assert carol is not None and carol.project == "carol"
+    assert ring.named("alice") == alice and ring.named("nobody") is None
+    for entry, problem in (('project = ""', "project"), ('admin = "yes"', "admin")):
+        bad = tmp_path / "bad.toml"
+        bad.write_text(f'[keys.eve]\nsha256 = "{hash_key("sk-e")}"\n{entry}\n')
+        with pytest.raises(ValueError, match=problem):
+            KeyRing.from_settings(None, bad)
+
+
 def test_reset_text_follows_openai() -> None:
     assert [reset_text(s) for s in (0.02, 1.5, 59.0, 360)] == ["20ms", "1.5s", "59s", "6m0s"]
+
+
+def test_a_refund_never_takes_a_counter_below_zero(
+    redis_url: str | None, own_redis: RedisProcess
+) -> None:
+    """The counter was lost after the charge (evicted, or the store restarted): the refund finds
+    nothing to give back from, instead of crediting the key."""
+
+    async def scenario() -> None:
+        limiter = RateLimiter(redis_url)
+        ident = f"key:evicted-{time.time_ns()}"
+        reservation = await limiter.reserve(ident, rpm=None, tpm=1000, tokens=400)
+        if redis_url is None:
+            await limiter.storage.reset()
+        else:
+            client = redis.Redis.from_url(own_redis.url)
+            for key in client.scan_iter(f"*{ident}*"):
+                client.delete(key)
+            client.close()
+        quota = await limiter.settle(reservation, 0)
+        assert quota.tokens is not None and quota.tokens.remaining <= 1000
+        # A full-size request still fits exactly, and not one token more.
+        fresh = await limiter.reserve(ident, rpm=None, tpm=1000, tokens=1000)
+        assert fresh.quota.tokens is not None and fresh.quota.tokens.remaining == 0
+        with pytest.raises(RateLimitedError):
+            await limiter.reserve(ident, rpm=None, tpm=1000, tokens=1)
+        await limiter.close()
+
+    run(scenario())
+
+
+def test_counters_refuse_a_redis_that_evicts(own_redis: RedisProcess) -> None:
+    client = redis.Redis.from_url(own_redis.url)
+    client.config_set("maxmemory-policy", "allkeys-lru")
+    try:
+        with pytest.raises(RuntimeError, match="allkeys-lru"):
+            run(RateLimiter(own_redis.url).check())
+    finally:
+        client.config_set("maxmemory-policy", "noeviction")
+        client.close()
+    run(RateLimiter(own_redis.url).check())  # a Redis that keeps every key is fine

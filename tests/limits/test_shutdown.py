@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
+from loadtests.harness import ServiceProcess
 from tests.api.test_disconnect import engine_requests
 from tests.conftest import TINY_MODEL_NAME, start_service, tiny_engine_args
-from tests.harness import ServiceProcess
 
 DRAIN_S = 60
 

@@ -3,14 +3,25 @@
 from __future__ import annotations
 
 import json
+import math
+import random
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 from loadtests.guidellm_sweep import overhead, strategy_label
 from loadtests.guidellm_sweep import summarise as summarise_guidellm
-from loadtests.load_report import RouteSummary, output_path, percentiles, write_report
+from loadtests.load_report import (
+    RESULTS,
+    RouteSummary,
+    measure_table,
+    output_path,
+    percentile,
+    percentiles,
+    write_report,
+)
 from loadtests.run_load import summarise as summarise_locust
 
 
@@ -117,3 +128,43 @@ def test_report_written_as_json_and_png(tmp_path: Path) -> None:
     assert json.loads(path.read_text())["routes"]["plain (m)"]["latency_s"]["p50"] == 0.2
     assert output_path(out, ".png").read_bytes().startswith(b"\x89PNG")
     assert percentiles([], 50) is None
+
+
+def old_nearest_rank(values: list[float], q: float) -> float:
+    """The nearest-rank percentile bench_admission, bench_batch and bench_serving each defined."""
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+def test_nearest_percentile_is_the_benchmarks_former_definition() -> None:
+    rng = random.Random(0)
+    for n in [1, 2, 3, 4, 5, 10, 11, 12, 50, 99, 100, 101, 1000]:
+        values = [rng.expovariate(1.0) for _ in range(n)]
+        for rank, q in ((50, 0.5), (90, 0.9), (99, 0.99)):
+            assert percentile(values, rank, method="nearest") == old_nearest_rank(values, q)
+    # A sample itself; halfway indexes go to the even one: 1.5 to 2, 2.5 to 2.
+    assert percentile([4.0, 1.0, 3.0, 2.0], 50, method="nearest") == 3.0
+    assert percentile([6.0, 5.0, 4.0, 3.0, 2.0, 1.0], 50, method="nearest") == 3.0
+    assert percentile([1.0, 2.0, 3.0, 4.0], 50) == 2.5  # linear: between the two
+
+
+def test_linear_percentiles_are_numpys() -> None:
+    values = [0.3, 0.1, 0.7, 0.2, 0.9]
+    assert percentile(values, 95) == pytest.approx(float(np.percentile(values, 95)))
+    assert percentiles(values, 50, 99) == {
+        "p50": pytest.approx(0.3),
+        "p99": pytest.approx(float(np.percentile(values, 99))),
+    }
+
+
+def test_no_values_give_nan_or_none() -> None:
+    assert math.isnan(percentile([], 50))
+    assert math.isnan(percentile([], 99, method="nearest"))  # bench_admission's refusals, none refused
+    assert percentiles([], 50, 95) is None
+
+
+def test_measure_table_and_results_directory() -> None:
+    assert measure_table([("decode", "12.8 tokens/s"), ("hit p50", "2 ms")]) == (
+        "| measure | result |\n|---|---|\n| decode | 12.8 tokens/s |\n| hit p50 | 2 ms |"
+    )
+    assert Path(__file__).resolve().parents[2] / "loadtests" / "results" == RESULTS

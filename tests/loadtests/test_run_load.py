@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from loadtests.harness import ServiceProcess
 from loadtests.load_report import output_path
 from loadtests.run_load import LOAD_VENV, ROOT
-from tests.harness import ServiceProcess
 
 pytestmark = pytest.mark.skipif(
     not (LOAD_VENV / "bin" / "locust").exists(),

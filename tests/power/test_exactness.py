@@ -1,7 +1,7 @@
 """Power sampling is exact: answers drawn through the running service follow p**alpha.
 
 On the tiny model every answer of up to 3 tokens can be enumerated, so p(y)**alpha is computed
-exactly (tests/tiny_model.py), and so is the law of the sampler's own output for the settings used
+exactly (loadtests/tiny_model.py), and so is the law of the sampler's own output for the settings used
 (tests/oracle.py propagates every cut, proposal and acceptance). The samples must match that law
 within a bound derived from their number, the law must be close to p**alpha, and plain sampling at
 temperature 1/alpha must land measurably farther away.
@@ -16,11 +16,11 @@ from pathlib import Path
 import httpx
 import pytest
 
+from loadtests.harness import ServiceProcess
+from loadtests.tiny_model import EOS_ID, VOCAB, ExactModel
 from tests.conftest import TINY_MODEL_NAME, TINY_PROMPT
-from tests.harness import ServiceProcess
 from tests.oracle import chain_law
 from tests.stats import empirical, total_variation, tv_bound
-from tests.tiny_model import EOS_ID, VOCAB, ExactModel
 
 logger = logging.getLogger(__name__)
 

@@ -15,9 +15,9 @@ import httpx
 import pytest
 import torch
 
+from loadtests.harness import ServiceProcess
+from loadtests.tiny_model import VOCAB, ExactModel
 from tests.conftest import TINY_MODEL_NAME, TINY_PROMPT, start_service, tiny_engine_args
-from tests.harness import ServiceProcess
-from tests.tiny_model import VOCAB, ExactModel
 
 K = 2
 ALPHA = 4.0

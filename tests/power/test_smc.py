@@ -14,12 +14,12 @@ import httpx
 import openai
 import pytest
 
+from loadtests.harness import ServiceProcess
+from loadtests.tiny_model import EOS_ID, ExactModel
 from tests.conftest import TINY_MODEL_NAME, TINY_PROMPT
-from tests.harness import ServiceProcess
 from tests.power.test_exactness import ALPHA, HORIZON, draw
 from tests.smc_reference import smc_law
 from tests.stats import empirical, total_variation, tv_bound
-from tests.tiny_model import EOS_ID, ExactModel
 
 logger = logging.getLogger(__name__)
 

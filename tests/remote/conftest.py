@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from loadtests.harness import ServiceProcess
 from tests.conftest import start_service, tiny_engine_args
-from tests.harness import ServiceProcess
 
 
 class Stack:
@@ -25,7 +25,9 @@ class Stack:
 
     def requests_by_worker(self) -> list[float]:
         return [
-            self.gateway.metric("powerserve_worker_requests_total", worker=w.url) for w in self.workers
+            # The gateway labels each worker by its index in POWERSERVE_WORKERS (worker_urls' order).
+            self.gateway.metric("powerserve_worker_requests_total", worker=str(i))
+            for i in range(len(self.workers))
         ]
 
 

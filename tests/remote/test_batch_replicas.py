@@ -14,8 +14,8 @@ from collections.abc import Iterator
 import openai
 import pytest
 
+from loadtests.harness import RedisProcess, ServiceProcess
 from tests.conftest import start_service
-from tests.harness import RedisProcess, ServiceProcess
 from tests.jobs.batching import DISTILLED, PLAIN, POWER, completion, line, read_lines, submit, wait
 from tests.remote.conftest import Stack
 

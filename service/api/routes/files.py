@@ -2,23 +2,23 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Annotated, Any, Literal
+from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, File, Form, Query, Request, UploadFile
+from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response
+from starlette.datastructures import UploadFile
 
-from service.api.deps import jobs_of, list_page
-from service.errors import InvalidRequestError, PayloadTooLargeError, ResourceNotFoundError
-from service.jobs import FileRecord, check_upload
-
-if TYPE_CHECKING:  # the runtime imports the endpoints' preparation from routes
-    from service.api.jobs import JobsRuntime
+from service.api.deps import CallerDep, FilesDep
+from service.errors import InvalidRequestError, PayloadTooLargeError
+from service.serving.protocol import ExpiresAfter
 
 __all__ = ["router"]
 
 router = APIRouter(prefix="/v1", tags=["files"])
 
 _CHUNK = 1 << 20
+# file, purpose, expires_after[anchor], expires_after[seconds], and room for a client's extras.
+_MAX_FORM_FIELDS = 8
 
 
 async def _read_capped(upload: UploadFile, max_bytes: int) -> bytes:
@@ -34,67 +34,79 @@ async def _read_capped(upload: UploadFile, max_bytes: int) -> bytes:
     return b"".join(parts)
 
 
-async def _file(jobs: JobsRuntime, file_id: str) -> FileRecord:
-    record = await jobs.store.get_file(file_id)
-    if record is None:
-        raise ResourceNotFoundError("file", file_id, param="file_id")
-    return record
+# The form as OpenAI documents it (the route parses it itself, bounded).
+_UPLOAD_FORM = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["file", "purpose"],
+                    "properties": {
+                        "file": {"type": "string", "format": "binary"},
+                        "purpose": {"type": "string", "enum": ["batch", "fine-tune"]},
+                        "expires_after[anchor]": {"type": "string", "enum": ["created_at"]},
+                        "expires_after[seconds]": {
+                            "type": "integer",
+                            "minimum": 3600,
+                            "maximum": 2592000,
+                        },
+                    },
+                }
+            }
+        },
+    }
+}
 
 
-@router.post("/files")
-async def create_file(
-    request: Request,
-    file: Annotated[UploadFile, File()],
-    purpose: Annotated[str, Form()],
-) -> dict[str, Any]:
-    jobs = jobs_of(request)
-    settings = jobs.settings
-    content = await _read_capped(file, settings.files_max_bytes)
-    check_upload(
-        content,
-        purpose,
-        max_bytes=settings.files_max_bytes,
-        max_lines=settings.files_max_lines,
+@router.post("/files", openapi_extra=_UPLOAD_FORM)
+async def create_file(request: Request, files: FilesDep, caller: CallerDep) -> dict[str, Any]:
+    # Parsed here, not by FastAPI, to bound the form: one file and a few fields.
+    async with request.form(max_files=1, max_fields=_MAX_FORM_FIELDS) as form:
+        upload, purpose = form.get("file"), form.get("purpose")
+        if not isinstance(upload, UploadFile):
+            raise InvalidRequestError(
+                "A multipart `file` field is required.",
+                param="file",
+                code="missing_required_parameter",
+            )
+        if not isinstance(purpose, str):
+            raise InvalidRequestError(
+                "A `purpose` field is required.", param="purpose", code="missing_required_parameter"
+            )
+        expires_after = ExpiresAfter.from_form(
+            form.get("expires_after[anchor]"), form.get("expires_after[seconds]")
+        )
+        content = await _read_capped(upload, files.settings.files_max_bytes)
+        filename = upload.filename or "upload.jsonl"
+    return await files.create(
+        content, filename=filename, purpose=purpose, expires_after=expires_after, caller=caller
     )
-    record = await jobs.store.add_file(
-        content, filename=file.filename or "upload.jsonl", purpose=purpose
-    )
-    return record.to_json()
 
 
 @router.get("/files")
 async def list_files(
-    request: Request,
+    files: FilesDep,
+    caller: CallerDep,
     purpose: str | None = None,
     limit: Annotated[int, Query(ge=1, le=10_000)] = 10_000,
     after: str | None = None,
     order: Literal["asc", "desc"] = "desc",
 ) -> dict[str, Any]:
-    files, more = await jobs_of(request).store.list_files(
-        purpose=purpose, limit=limit, after=after, ascending=order == "asc"
-    )
-    return list_page([f.to_json() for f in files], more)
+    return await files.list(caller, purpose=purpose, limit=limit, after=after, ascending=order == "asc")
 
 
 @router.get("/files/{file_id}")
-async def retrieve_file(request: Request, file_id: str) -> dict[str, Any]:
-    return (await _file(jobs_of(request), file_id)).to_json()
+async def retrieve_file(file_id: str, files: FilesDep, caller: CallerDep) -> dict[str, Any]:
+    return await files.retrieve(file_id, caller)
 
 
 @router.get("/files/{file_id}/content")
-async def file_content(request: Request, file_id: str) -> Response:
-    jobs = jobs_of(request)
-    await _file(jobs, file_id)
-    try:
-        content = await jobs.store.read_content(file_id)
-    except FileNotFoundError as exc:
-        raise InvalidRequestError(f"The content of {file_id} is gone.", param="file_id") from exc
-    return Response(content, media_type="application/jsonl")
+async def file_content(file_id: str, files: FilesDep, caller: CallerDep) -> Response:
+    return Response(await files.content(file_id, caller), media_type="application/jsonl")
 
 
 @router.delete("/files/{file_id}")
-async def delete_file(request: Request, file_id: str) -> dict[str, Any]:
-    jobs = jobs_of(request)
-    await _file(jobs, file_id)
-    await jobs.store.delete_file(file_id)
-    return {"id": file_id, "object": "file", "deleted": True}
+async def delete_file(file_id: str, files: FilesDep, caller: CallerDep) -> dict[str, Any]:
+    return await files.delete(file_id, caller)

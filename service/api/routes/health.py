@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request
 
+from service.api.deps import GatewayDep
 from service.errors import EngineUnavailableError
 
 __all__ = ["router"]
@@ -18,14 +19,13 @@ async def live() -> dict[str, str]:
 
 
 @router.get("/health")
-async def health(request: Request) -> dict[str, str]:
+async def health(request: Request, gateway: GatewayDep) -> dict[str, str]:
     drain = getattr(request.app.state, "drain", None)
     if drain is not None and drain.draining:  # SIGTERM: out of the load balancer while it drains
         raise EngineUnavailableError("The service is shutting down.", retry_after=5)
-    engine = request.app.state.engine
-    if engine is None:
+    if gateway.engine is None:
         raise EngineUnavailableError("The service is starting.", retry_after=5)
-    await engine.check_health()  # raises EngineUnavailableError -> 503
-    if request.app.state.services is None:
+    await gateway.engine.check_health()  # raises EngineUnavailableError -> 503
+    if not gateway.ready:
         raise EngineUnavailableError("The service is starting.", retry_after=5)
     return {"status": "ok"}

@@ -2,30 +2,42 @@
 
 Faults: an active health check polls every worker, backing off while one is down; it is the judge of
 health. A failed probe marks a worker down, except one that merely timed out while the worker kept
-answering requests: a saturated worker on a small machine answers its probe late yet is alive. Only a
-refused connection marks a worker down from a request. Any other failed request (connection lost,
-server error, timeout) moves to another worker; a stream resumes from the tokens it already has, and an
-MCMC proposal simply re-runs from the chain's last accepted state, so the client's request still
-succeeds. A worker marked down releases its in-flight requests at once, and they move too. A worker
-that answers 404 lacks the model or adapter asked for: the request moves to another worker, and only
-when no healthy worker has it does it fail (``EngineError``). With no healthy worker the engine raises
-``EngineUnavailableError`` at once (a 503 with Retry-After).
+answering requests: a saturated worker on a small machine answers its probe late yet is alive. From a
+request, a refused connection marks a worker down, and so does an answer that is not vLLM's (not JSON,
+JSON of another shape: a proxy's error page, a truncated body); it is taken back when its probes pass.
+Any other failed request (connection lost, server error, a refusal that is the worker's such as 401 or
+429, timeout) moves to another worker; a stream resumes from the tokens it already has, and an MCMC
+proposal simply re-runs from the chain's last accepted state, so the client's request still succeeds.
+A worker marked down releases its in-flight requests at once, and they move too. A worker that answers
+404 lacks the model or adapter asked for: the request moves to another worker, and only when no healthy
+worker has it does it fail (``EngineError``). With no healthy worker, or when every worker failed the
+request, the engine raises ``EngineUnavailableError`` (a 503 with Retry-After).
+
+Clients read none of a worker's words but a refusal that is their request's fault (client.py): a
+failure's details (the worker's body, its URL) go to the log.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from service.engines.base import Engine, EngineInfo, Generated, SamplingOptions
 from service.engines.remote import wire
-from service.engines.remote.client import WorkerCannotServe, WorkerClient, WorkerFailed, WorkerRefused
+from service.engines.remote.client import (
+    WorkerAnswerInvalid,
+    WorkerCannotServe,
+    WorkerClient,
+    WorkerFailed,
+    WorkerRefused,
+)
 from service.engines.remote.health import HealthMonitor
-from service.engines.remote.pool import WorkerPool, WorkerSnapshot, WorkerState
+from service.engines.remote.pool import WorkerPool, WorkerSnapshot, WorkerState, loggable_url
 from service.errors import EngineError, EngineUnavailableError, InvalidRequestError
 from service.model_store import eos_token_ids
 
@@ -34,6 +46,7 @@ __all__ = ["RemoteEngine"]
 logger = logging.getLogger(__name__)
 
 _T = TypeVar("_T")
+_R = TypeVar("_R")
 
 
 class RemoteEngine(Engine):
@@ -73,6 +86,11 @@ class RemoteEngine(Engine):
     # --- lifecycle -----------------------------------------------------------------------------
 
     async def start(self) -> None:
+        # The one place that says which worker is which: elsewhere (metrics, errors) only the index.
+        logger.info(
+            "remote engine workers: %s",
+            ", ".join(f"{w.index} = {loggable_url(w.url)}" for w in self.pool.workers),
+        )
         self._client.start()
         self._monitor.start()
         while not self.pool.healthy():
@@ -89,7 +107,7 @@ class RemoteEngine(Engine):
             "remote engine ready: %d/%d workers healthy (%s)",
             len(self.pool.healthy()),
             len(self.pool.workers),
-            ", ".join(w.url for w in self.pool.workers),
+            ", ".join(str(w.index) for w in self.pool.healthy()),
         )
 
     async def close(self) -> None:
@@ -98,7 +116,9 @@ class RemoteEngine(Engine):
 
     async def check_health(self) -> None:
         if not self.pool.healthy():
-            raise EngineUnavailableError("No healthy vLLM worker.", retry_after=self.pool.retry_after())
+            raise EngineUnavailableError(
+                "No worker can serve requests now.", retry_after=self.pool.retry_after()
+            )
 
     def num_running_requests(self) -> int:
         return sum(worker.in_flight for worker in self.pool.workers)
@@ -129,13 +149,15 @@ class RemoteEngine(Engine):
                 prompt + produced.token_ids, options, model=model, max_tokens=remaining, stream=stream
             )
             if stream:
-                async for event in self._client.stream(worker, body):
-                    part = wire.to_generated(event)
-                    produced.extend(part)
-                    yield part
+                # Closed here even when an event is not vLLM's: the request stops counting on it.
+                async with contextlib.aclosing(self._client.stream(worker, body)) as events:
+                    async for event in events:
+                        part = _parsed(wire.to_generated, event)
+                        produced.extend(part)
+                        yield part
             else:
                 result = await self._client.complete(worker, body, timeout_s=self._timeout(remaining))
-                part = wire.to_generated(result)
+                part = _parsed(wire.to_generated, result)
                 produced.extend(part)
                 yield part
 
@@ -152,7 +174,7 @@ class RemoteEngine(Engine):
 
         async def attempt(worker: WorkerState) -> AsyncIterator[list[float]]:
             result = await self._client.complete(worker, body, timeout_s=self._timeout(1))
-            yield wire.prompt_logprobs(result, token_ids, start)
+            yield _parsed(lambda r: wire.prompt_logprobs(r, token_ids, start), result)
 
         [scored] = [logprobs async for logprobs in self._on_workers(attempt, affinity=None)]
         return scored
@@ -176,21 +198,21 @@ class RemoteEngine(Engine):
                     yield part
                 return
             except WorkerCannotServe as exc:
-                logger.info("request moves off worker %s, which cannot serve it: %s", worker.url, exc)
+                logger.info("request moves off %s, which cannot serve it: %s", worker.name, exc)
                 cannot_serve.append(worker)
                 healthy = self.pool.healthy()
                 if healthy and all(w in cannot_serve for w in healthy):
-                    raise EngineError(f"No vLLM worker can serve this request: {exc}") from exc
+                    raise EngineError("No worker serves the model asked for.") from exc
             except WorkerFailed as exc:
-                if isinstance(exc, WorkerRefused):
-                    worker.mark_down(str(exc))
+                if isinstance(exc, WorkerRefused | WorkerAnswerInvalid) and worker.healthy:
+                    worker.mark_down(str(exc))  # which logs why
                 else:
-                    logger.info("request moves off worker %s: %s", worker.url, exc)
+                    logger.info("request moves off %s: %s", worker.name, exc)
                 failed.append(worker)
                 if finished():
                     return
         raise EngineUnavailableError(
-            "Every vLLM worker failed this request.", retry_after=self.pool.retry_after()
+            "A worker failed on this request.", retry_after=self.pool.retry_after()
         )
 
     def _model(self, adapter: str | None) -> str:
@@ -202,6 +224,16 @@ class RemoteEngine(Engine):
     def _timeout(self, max_tokens: int) -> float:
         # A timeout that grows with the answer: past it the request gives up on this worker.
         return self._request_timeout_s + self._timeout_per_token_s * max_tokens
+
+
+def _parsed(parse: Callable[[dict[str, Any]], _R], answer: dict[str, Any]) -> _R:
+    """``parse(answer)``; an answer without the fields vLLM's has is the worker's fault."""
+    try:
+        return parse(answer)
+    except (LookupError, TypeError, ValueError, AttributeError) as exc:
+        raise WorkerAnswerInvalid(
+            f"an answer of another shape than vLLM's ({exc!r}): {json.dumps(answer)[:500]}"
+        ) from None
 
 
 def _vocab_size(model_dir: Path) -> int:

@@ -3,7 +3,9 @@
 Every worker is probed (``/health``) at an interval, and re-probed with a growing backoff while it is
 down. A failed probe marks a worker down, except one that merely timed out while the worker kept
 answering requests: a saturated worker on a small machine answers its probe late yet is alive, so
-only ``stall_probes`` late probes in a row with nothing else answered meanwhile mark it down.
+only ``stall_probes`` late probes in a row with nothing else answered meanwhile mark it down. A down
+worker passes only when its /v1/models answer is vLLM's too, so that one marked down for answering
+something else (a proxy's page on every path) is not taken back at the next probe.
 """
 
 from __future__ import annotations
@@ -83,7 +85,9 @@ class HealthMonitor:
         probe_began = time.monotonic()
         try:
             await self._client.get(f"{worker.url}/health", timeout_s=self._probe_timeout_s)
-            if worker.max_model_len is None:
+            # A worker taken back must answer as vLLM does, not only answer: what answers every path
+            # with a page (a proxy) fails here and stays down, probed with a growing backoff.
+            if worker.max_model_len is None or not worker.healthy:
                 models = await self._client.get(
                     f"{worker.url}/v1/models", timeout_s=self._probe_timeout_s
                 )
@@ -93,11 +97,14 @@ class HealthMonitor:
                 return  # late but alive: it answered requests meanwhile, or may yet
             worker.mark_down(f"health check timed out: {exc!r}")
             raise _ProbeFailed from exc
-        except (aiohttp.ClientError, KeyError, IndexError, ValueError) as exc:
+        # Any answer that is not vLLM's (a /v1/models of another shape) is a failed probe, never an
+        # error that would end this worker's watch.
+        except (aiohttp.ClientError, LookupError, TypeError, ValueError, RecursionError) as exc:
             worker.mark_down(f"health check failed: {exc!r}")
             raise _ProbeFailed from exc
         worker.mark_up()
-        with contextlib.suppress(aiohttp.ClientError, TimeoutError, ValueError):  # a metric only
+        # A metric only.
+        with contextlib.suppress(aiohttp.ClientError, TimeoutError, LookupError, TypeError, ValueError):
             metrics = await self._client.get(f"{worker.url}/metrics", timeout_s=self._probe_timeout_s)
             if (ratio := wire.prefix_cache_hit_ratio(metrics.decode())) is not None:
                 worker.prefix_cache_hit_ratio = ratio

@@ -3,6 +3,10 @@
 Routing: requests with an ``affinity`` (the steps of one MCMC chain) stick to one worker, whose prefix
 cache holds the chain's prefix; everything else, and every new chain, goes to the least-loaded healthy
 worker.
+
+Workers are known outside the gateway's log by their index in the configured list (``worker="0"`` on
+/metrics), never by their URL: a URL names hosts and ports, maybe credentials. The log says once, at
+start-up, which index is which URL (``RemoteEngine.start``), with any credentials left out.
 """
 
 from __future__ import annotations
@@ -15,10 +19,11 @@ import time
 from collections import OrderedDict
 from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass, field
+from urllib.parse import urlsplit, urlunsplit
 
 from service.errors import EngineUnavailableError
 
-__all__ = ["WorkerPool", "WorkerSnapshot", "WorkerState"]
+__all__ = ["WorkerPool", "WorkerSnapshot", "WorkerState", "loggable_url"]
 
 logger = logging.getLogger(__name__)
 
@@ -28,6 +33,8 @@ class WorkerState:
     """What the gateway knows of one worker; the health monitor and the requests update it."""
 
     url: str
+    # Its place in the configured list: its name on /metrics (WorkerSnapshot) and in the log.
+    index: int = 0
     healthy: bool = False
     in_flight: int = 0
     max_model_len: int | None = None
@@ -46,18 +53,21 @@ class WorkerState:
     def __post_init__(self) -> None:
         self.down.set()  # down until its first probe passes
 
+    @property
+    def name(self) -> str:
+        """The worker in the log: its index and its URL without credentials."""
+        return f"worker {self.index} ({loggable_url(self.url)})"
+
     def mark_up(self) -> None:
         if not self.healthy:
-            logger.info("worker %s is healthy", self.url)
+            logger.info("%s is healthy", self.name)
         if self.down.is_set():
             self.down = asyncio.Event()  # a fresh, unset event for the requests to come
         self.healthy, self.late_probes = True, 0
 
     def mark_down(self, reason: str) -> None:
         if self.healthy:
-            logger.warning(
-                "worker %s is down (%s); its requests move to other workers", self.url, reason
-            )
+            logger.warning("%s is down (%s); its requests move to other workers", self.name, reason)
             self.failures += 1
         self.healthy, self.late_probes = False, 0
         self.down.set()
@@ -75,9 +85,10 @@ class WorkerState:
 
 @dataclass(frozen=True)
 class WorkerSnapshot:
-    """One worker as the metrics see it (service/metrics/workers.py): a copy, read at scrape time."""
+    """One worker as the metrics see it (service/metrics/workers.py): a copy, read at scrape time. The
+    worker is its index in the configured list, not its URL."""
 
-    url: str
+    index: int
     up: bool
     in_flight: int
     requests: int
@@ -91,7 +102,7 @@ class WorkerPool:
     def __init__(self, urls: Sequence[str], *, affinity_slots: int):
         if not urls:
             raise ValueError("a worker pool needs at least one worker URL")
-        self.workers = [WorkerState(url.rstrip("/")) for url in urls]
+        self.workers = [WorkerState(url.rstrip("/"), index=i) for i, url in enumerate(urls)]
         self._affinity: OrderedDict[str, WorkerState] = OrderedDict()
         self._affinity_slots = affinity_slots
 
@@ -117,7 +128,9 @@ class WorkerPool:
             return worker
         usable = [w for w in self.healthy() if w not in exclude]
         if not usable:
-            raise EngineUnavailableError("No healthy vLLM worker.", retry_after=self.retry_after())
+            raise EngineUnavailableError(
+                "No worker can serve requests now.", retry_after=self.retry_after()
+            )
         usable = [w for w in usable if w not in avoid] or usable
         least = min(w.in_flight for w in usable)
         worker = random.choice([w for w in usable if w.in_flight == least])
@@ -134,7 +147,7 @@ class WorkerPool:
     def snapshot(self) -> list[WorkerSnapshot]:
         return [
             WorkerSnapshot(
-                url=w.url,
+                index=w.index,
                 up=w.healthy,
                 in_flight=w.in_flight,
                 requests=w.requests,
@@ -143,3 +156,12 @@ class WorkerPool:
             )
             for w in self.workers
         ]
+
+
+def loggable_url(url: str) -> str:
+    """``url`` without the user and password it may carry."""
+    try:
+        parts = urlsplit(url)
+        return urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
+    except ValueError:
+        return "<unparsable URL>"

@@ -2,12 +2,15 @@
 
 Requests carry token-id prompts and ask for raw log-probs with token ids (``return_tokens_as_token_ids``,
 ``return_token_ids``), so every route, the power sampler included, works as on the local engine.
+A worker's error messages reach clients only through ``client_message``, which keeps what a client
+can act on and drops the worker's internals (URLs, hosts, ports, file paths, tracebacks).
 Pure functions of their arguments: no I/O here.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -16,6 +19,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from service.engines.base import Generated, SamplingOptions
 
 __all__ = [
+    "client_message",
     "completion_body",
     "max_model_len",
     "prefix_cache_hit_ratio",
@@ -103,6 +107,43 @@ def prefix_cache_hit_ratio(metrics_text: str) -> float | None:
                 totals[sample.name] += sample.value
     queries = totals["vllm:prefix_cache_queries_total"]
     return totals["vllm:prefix_cache_hits_total"] / queries if queries else None
+
+
+# What of a worker's message is the deployment's, not the client's: cut or replaced by _HIDDEN.
+_HIDDEN = "[...]"
+_TRACEBACK = re.compile(r"Traceback \(most recent call last\):.*", re.DOTALL)
+_FRAME = re.compile(r'File "[^"]*", line \d+(?:, in [\w<>.]+)?')
+_URL = re.compile(r"\b[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"<>)\]]+")
+_USERINFO = re.compile(r"[\w.%+-]+:[^\s@/]*@")
+_IPV6 = re.compile(r"\[[0-9A-Fa-f:.]*:[0-9A-Fa-f:.]*\](?::\d+)?")
+_IPV4 = re.compile(r"\b(?:\d{1,3}\.){3}\d{1,3}(?::\d{1,5})?\b")
+_HOST_PORT = re.compile(r"\b(?:localhost|[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+)(?::\d{1,5})\b")
+_PATH = re.compile(r"(?:~|\b[A-Za-z]:)?(?:[/\\][\w.@+-]+){2,}[/\\]?")
+_MAX_MESSAGE = 500
+
+
+def client_message(error_body: str) -> str | None:
+    """What a client may read of a worker's refusal (a 4xx that is the request's fault): the message of
+    vLLM's error JSON (``{"error": {"message": ...}}``, or ``{"message": ...}`` of older versions),
+    without URLs, hosts, ports, file paths or tracebacks, on one line and at most 500 characters. None
+    when the body is not such JSON (a proxy's page, say): then the caller says it in its own words."""
+    try:
+        parsed = json.loads(error_body)
+    except (ValueError, RecursionError):
+        return None
+    if not isinstance(parsed, dict):
+        return None
+    error = parsed.get("error")
+    message = (error if isinstance(error, dict) else parsed).get("message")
+    if not isinstance(message, str):
+        return None
+    message = _TRACEBACK.sub("", message)
+    for pattern in (_FRAME, _URL, _USERINFO, _IPV6, _IPV4, _HOST_PORT, _PATH):
+        message = pattern.sub(_HIDDEN, message)
+    message = " ".join(message.split())
+    if len(message) > _MAX_MESSAGE:
+        message = message[: _MAX_MESSAGE - 3].rstrip() + "..."
+    return message or None
 
 
 def _token_id(key: str) -> int:

@@ -1,4 +1,10 @@
-"""Running the real service as a subprocess on loopback, for tests and benchmarks."""
+"""Real servers as subprocesses on loopback, for the test suite and the benchmarks alike.
+
+``ServiceProcess`` runs ``powerserve serve`` (or ``worker``) on a free port, ``RedisProcess`` a
+throw-away ``redis-server``, ``PrometheusProcess`` a ``prometheus`` scraping given targets;
+``free_port`` and ``wait_for_http`` are their building blocks. It lives here, under loadtests/, so that
+the benchmarks need nothing from tests/; the tests import it from here too (one copy).
+"""
 
 from __future__ import annotations
 
@@ -13,7 +19,25 @@ from pathlib import Path
 
 import httpx
 
+__all__ = [
+    "LOOPBACK",
+    "PrometheusProcess",
+    "RedisProcess",
+    "ServiceProcess",
+    "free_port",
+    "rss_mib",
+    "wait_for_http",
+]
+
 LOOPBACK = "127.0.0.1"
+
+
+def rss_mib(pid: int) -> float:
+    """Resident memory of one process, in MiB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
 
 
 def free_port() -> int:
@@ -94,6 +118,10 @@ class ServiceProcess:
                 if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
                     return float(sample.value)
         return 0.0
+
+    def rss_mib(self) -> float:
+        """The gateway process's resident memory (not its engine core's), in MiB."""
+        return rss_mib(self.process.pid)
 
     def log_tail(self, lines: int = 60) -> str:
         self._log.flush()

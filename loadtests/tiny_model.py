@@ -2,7 +2,9 @@
 
 A vocabulary of four tokens (three words and an end-of-sequence token) and two layers: small enough that
 vLLM loads it in seconds and that the exact distribution over all answers of a short horizon can be
-computed by brute force (``ExactModel``), which the exactness tests compare samples with.
+computed by brute force (``ExactModel``), which the exactness tests compare samples with. The tests'
+fixtures and the benchmarks' smoke runs (``run_load --tiny``, ``guidellm_sweep --tiny``,
+``bench_admission``) build it from here.
 """
 
 from __future__ import annotations
@@ -13,6 +15,17 @@ from pathlib import Path
 import torch
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+__all__ = [
+    "CHAT_TEMPLATE",
+    "EOS",
+    "EOS_ID",
+    "VOCAB",
+    "WORDS",
+    "ExactModel",
+    "answers",
+    "build_tiny_model",
+]
 
 WORDS = ("a", "b", "c")
 EOS = "</s>"

@@ -1,4 +1,5 @@
-"""OpenAI protocol: request and response models of /v1/completions and /v1/chat/completions.
+"""OpenAI protocol: request and response models of the endpoints (completions, chat completions,
+models, batches, fine-tuning jobs).
 
 Requests accept and ignore fields they do not know (OpenAI clients send many) and validate the ones
 they do, so that a bad value is a 400 naming the parameter rather than an engine error. Each request
@@ -16,18 +17,23 @@ import time
 import uuid
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
+from service.errors import InvalidRequestError
 from service.generation import GenerationRequest
+from service.jobs import BATCH_ENDPOINTS, COMPLETION_WINDOWS, Hyperparameters
 from service.pipeline import CacheControl
 
 __all__ = [
+    "BatchCreateRequest",
     "CacheFields",
     "ChatCompletionRequest",
     "ChatMessage",
     "CompletionRequest",
     "ErrorInfo",
     "ErrorResponse",
+    "ExpiresAfter",
+    "FineTuningJobRequest",
     "ModelCard",
     "ModelList",
     "StreamOptions",
@@ -86,7 +92,8 @@ class _SamplingFields(_Request):
     presence_penalty: Annotated[float, Field(ge=-2, le=2)] = 0.0
     frequency_penalty: Annotated[float, Field(ge=-2, le=2)] = 0.0
     stop: str | list[str] | None = None
-    seed: int | None = None
+    # OpenAI takes any 64-bit integer.
+    seed: Annotated[int, Field(ge=-(2**63), le=2**64 - 1)] | None = None
     stream: bool = False
     stream_options: StreamOptions | None = None
     user: str | None = None
@@ -267,3 +274,69 @@ class ErrorInfo(BaseModel):
 
 class ErrorResponse(BaseModel):
     error: ErrorInfo
+
+
+# --- offline work -------------------------------------------------------------------------------
+
+
+class ExpiresAfter(_Request):
+    """When an uploaded file expires (OpenAI's bounds: an hour to 30 days after its creation)."""
+
+    anchor: Literal["created_at"]
+    seconds: Annotated[int, Field(ge=3600, le=30 * 24 * 3600)]
+
+    @classmethod
+    def from_form(cls, anchor: Any, seconds: Any) -> ExpiresAfter | None:
+        """From a multipart form's ``expires_after[anchor]`` and ``expires_after[seconds]``."""
+        if anchor is None and seconds is None:
+            return None
+        try:
+            return cls.model_validate({"anchor": anchor, "seconds": seconds})
+        except ValidationError as exc:
+            problem = exc.errors()[0]
+            field = ".".join(str(part) for part in problem["loc"])
+            raise InvalidRequestError(
+                f"expires_after.{field}: {problem['msg']}",
+                param=f"expires_after.{field}",
+                code="invalid_value",
+            ) from exc
+
+
+class BatchCreateRequest(_Request):
+    input_file_id: str
+    endpoint: str
+    completion_window: str
+    metadata: dict[str, Annotated[str, Field(max_length=512)]] | None = None
+
+    @field_validator("endpoint")
+    @classmethod
+    def _endpoint(cls, value: str) -> str:
+        if value not in BATCH_ENDPOINTS:
+            raise ValueError(f"endpoint must be one of {', '.join(BATCH_ENDPOINTS)}")
+        return value
+
+    @field_validator("completion_window")
+    @classmethod
+    def _window(cls, value: str) -> str:
+        if value not in COMPLETION_WINDOWS:
+            raise ValueError(f"completion_window must be one of {', '.join(COMPLETION_WINDOWS)}")
+        return value
+
+    @field_validator("metadata")
+    @classmethod
+    def _metadata(cls, value: dict[str, str] | None) -> dict[str, str] | None:
+        if value is not None and (len(value) > 16 or any(len(k) > 64 for k in value)):
+            raise ValueError("metadata holds at most 16 keys of at most 64 characters")
+        return value
+
+
+class FineTuningJobRequest(_Request):
+    model: str
+    training_file: str
+    hyperparameters: Hyperparameters = Field(default_factory=Hyperparameters)
+    suffix: Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")] | None = (
+        None
+    )
+    seed: Annotated[int, Field(ge=0, le=2**31 - 1)] | None = None
+    validation_file: str | None = None
+    metadata: dict[str, Annotated[str, Field(max_length=512)]] | None = None
