@@ -6,12 +6,14 @@ token ids to every engine (local or remote), so that an MCMC chain never re-toke
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from cachetools import LRUCache
 
@@ -20,6 +22,8 @@ from service.errors import InvalidRequestError
 __all__ = ["PromptRenderer", "StopStrings", "TextStream"]
 
 logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 # Rendered conversations are kept by bytes, not by count: 1,024 chats of 1 MB would be gigabytes.
 _CHAT_CACHE_BYTES = 32 * 2**20
@@ -59,6 +63,13 @@ class PromptRenderer:
         )
         self._chats_lock = threading.Lock()  # rendering may run in worker threads
         self.max_token_bytes = _max_token_bytes(self.tokenizer)
+        # One thread tokenises off the event loop: one thread is one malloc arena, so what a large
+        # prompt needs is held once, not once per thread of a pool.
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tokenizer")
+
+    async def off_loop(self, work: Callable[[], T]) -> T:
+        """``work()`` (tokenising) in the renderer's thread, leaving the event loop free."""
+        return await asyncio.get_running_loop().run_in_executor(self._thread, work)
 
     def fewest_tokens(self, text: str) -> int:
         """A lower bound on the tokens ``text`` becomes (in a prompt or a chat message): what

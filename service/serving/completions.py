@@ -126,7 +126,7 @@ class CompletionsServing(abc.ABC, Generic[RequestT]):
     @abc.abstractmethod
     async def prepare(self, body: RequestT, caller: Caller) -> Prepared:
         """What this endpoint makes of a body; raises (a 4xx) before any work. Cheap checks come
-        first; tokenising runs in a worker thread (a long prompt must not stall the event loop)."""
+        first; tokenising runs off the event loop (a long prompt must not stall it)."""
 
     async def create(self, prepared: Prepared, caller: Caller) -> Answer | StreamedAnswer:
         """Serve a prepared request, as one response or as a stream."""
@@ -280,7 +280,7 @@ class ChatServing(CompletionsServing[ChatCompletionRequest]):
         route = self.models.route(body.model, caller)
         messages = [message.to_template() for message in body.messages]
         self._check_length([m["content"] for m in messages], "messages")
-        prompt = await asyncio.to_thread(self.renderer.encode_chat, messages)
+        prompt = await self.renderer.off_loop(lambda: self.renderer.encode_chat(messages))
         generation = body.to_generation(prompt)
         fmt = ChatFormat(self.renderer, generation.logprobs)
         return Prepared(route, generation, body.cache_control(), fmt, body.stream, body.include_usage)
@@ -297,7 +297,7 @@ class TextCompletionServing(CompletionsServing[CompletionRequest]):
         for prompt in prompts:
             if isinstance(prompt, str):
                 self._check_length([prompt], "prompt")
-        ids = await asyncio.to_thread(
+        ids = await self.renderer.off_loop(
             lambda: [
                 self.renderer.encode_text(prompt) if isinstance(prompt, str) else list(prompt)
                 for prompt in prompts

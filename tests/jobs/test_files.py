@@ -1,10 +1,12 @@
 """The Files API through the official SDK: upload, list, retrieve, content, delete, and the checks
-an upload must pass (size cap 413, line cap and malformed JSONL 400 with the line number)."""
+an upload must pass (size cap 413, also while a chunked upload streams in; line cap and malformed
+JSONL 400 with the line number)."""
 
 from __future__ import annotations
 
 import io
 import json
+from collections.abc import Iterator
 
 import httpx
 import openai
@@ -89,3 +91,33 @@ def test_missing_form_fields_are_400(jobs_gateway: JobsGateway) -> None:
     )
     assert response.status_code == 400
     assert response.json()["error"]["param"] == "file"
+
+
+def test_an_oversize_upload_is_refused_while_it_streams(jobs_gateway: JobsGateway) -> None:
+    """A chunked upload far over the cap (20,000 bytes + 1 MiB of form here) gets its 413 once the
+    cap is passed: the server stops reading long before the client would have finished."""
+    sent = [0]
+
+    def body() -> Iterator[bytes]:
+        boundary = b'--x\r\nContent-Disposition: form-data; name="file"; filename="a.jsonl"\r\n\r\n'
+        yield boundary
+        for _ in range(64):  # 64 MiB if the server read it all
+            sent[0] += 1
+            yield b"{}\n" * (1 << 18) + b"\n" * (1 << 18)
+        yield b"\r\n--x--\r\n"
+
+    headers = {
+        "Authorization": f"Bearer {ADMIN_KEY}",
+        "content-type": "multipart/form-data; boundary=x",
+    }
+    try:
+        response = httpx.post(
+            f"{jobs_gateway.service.base_url}/files", content=body(), headers=headers, timeout=60
+        )
+    except httpx.HTTPError:  # the server closed the connection after its 413: also a refusal
+        response = None
+    assert sent[0] < 64, "the whole body was read"
+    if response is not None:
+        assert response.status_code == 413
+        assert response.json()["error"]["code"] == "request_too_large"
+    assert jobs_gateway.client().models.list().data  # still serving

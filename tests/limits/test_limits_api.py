@@ -213,6 +213,30 @@ def test_admission_control_and_a_disconnect_frees_its_place_but_pays(
     assert keyed_service.metric("powerserve_rejections_total", reason="overloaded") >= 1
 
 
+def test_a_request_its_client_cuts_short_is_charged_its_reservation(
+    keyed_service: ServiceProcess,
+) -> None:
+    """Cutting a non-streamed power request before its end does not dodge the token limit: the
+    engine may have generated all of it, so its whole reservation stays charged."""
+    alice = client(keyed_service, "sk-alice")
+    body = {"model": POWER, "prompt": "a b", "max_tokens": 3, "mcmc_steps": 2000}
+    for _attempt in range(3):  # a window that resets in between is not a measurement
+        first = alice.completions.with_raw_response.create(**plain(max_tokens=1))
+        before = int(first.headers["x-ratelimit-remaining-tokens"])
+        began = time.monotonic()
+        with pytest.raises(httpx.TimeoutException):
+            keyed_service.http.post(
+                f"{keyed_service.base_url}/completions", json=body, headers=auth("sk-alice"), timeout=2
+            )
+        time.sleep(1)  # the gateway sees the client gone and settles
+        after = alice.completions.with_raw_response.create(**plain(max_tokens=1))
+        remaining = int(after.headers["x-ratelimit-remaining-tokens"])
+        if remaining <= before and time.monotonic() - began < 50:
+            assert before - remaining > 100  # the cut request's reservation, not refunded
+            return
+    pytest.fail("every attempt crossed a rate-limit window")
+
+
 def test_redis_killed_under_load_loses_no_request_and_limits_recover(
     keyed_service: ServiceProcess, limits_redis: RedisProcess
 ) -> None:

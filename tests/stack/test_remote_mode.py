@@ -2,7 +2,7 @@
 on the tiny model) and serves every route from them, exactly; chains stick to a worker; a worker that
 stalls or dies loses no request; with none left the gateway answers 503 at once.
 
-The tests run in file order: the last ones stop the workers (tests/remote/conftest.py).
+The tests run in file order: the last ones stop the workers (tests/stack/conftest.py).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from loadtests.harness import PrometheusProcess
 from loadtests.tiny_model import ExactModel
 from tests.conftest import TINY_MODEL_NAME, TINY_PROMPT
 from tests.power.test_exactness import ALPHA, BLOCK, HORIZON, draw, sampler_law
-from tests.remote.conftest import Stack
+from tests.stack.conftest import Stack
 from tests.stats import empirical, total_variation, tv_bound
 
 POWER = f"{TINY_MODEL_NAME}-power"

@@ -28,7 +28,7 @@ from service.errors import (
 )
 from service.metrics.workers import WorkerPoolCollector
 from service.serving.errors import error_of
-from tests.engines.test_remote_failover import ADAPTER, Worker, remote_engine, running, with_engine
+from tests.engines.remote.test_failover import ADAPTER, Worker, remote_engine, running, with_engine
 
 # What a faulty worker's answers carry that a client must never read.
 SECRET_URL = "http://admin:s3cret@10.9.8.7:8001/v1/completions"

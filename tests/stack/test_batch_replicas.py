@@ -17,7 +17,7 @@ import pytest
 from loadtests.harness import RedisProcess, ServiceProcess
 from tests.conftest import start_service
 from tests.jobs.batching import DISTILLED, PLAIN, POWER, completion, line, read_lines, submit, wait
-from tests.remote.conftest import Stack
+from tests.stack.conftest import Stack
 
 CLAIM_TIMEOUT_S = 3
 
