@@ -17,7 +17,15 @@ import time
 import uuid
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
 
 from service.errors import InvalidRequestError
 from service.generation import GenerationRequest
@@ -302,11 +310,21 @@ class ExpiresAfter(_Request):
             ) from exc
 
 
+def _metadata(value: dict[str, str]) -> dict[str, str]:
+    if len(value) > 16 or any(len(key) > 64 for key in value):
+        raise ValueError("metadata holds at most 16 keys of at most 64 characters")
+    return value
+
+
+# OpenAI's metadata on batches and jobs: up to 16 keys of 64 characters, values of 512.
+Metadata = Annotated[dict[str, Annotated[str, Field(max_length=512)]], AfterValidator(_metadata)]
+
+
 class BatchCreateRequest(_Request):
     input_file_id: str
     endpoint: str
     completion_window: str
-    metadata: dict[str, Annotated[str, Field(max_length=512)]] | None = None
+    metadata: Metadata | None = None
 
     @field_validator("endpoint")
     @classmethod
@@ -322,13 +340,6 @@ class BatchCreateRequest(_Request):
             raise ValueError(f"completion_window must be one of {', '.join(COMPLETION_WINDOWS)}")
         return value
 
-    @field_validator("metadata")
-    @classmethod
-    def _metadata(cls, value: dict[str, str] | None) -> dict[str, str] | None:
-        if value is not None and (len(value) > 16 or any(len(k) > 64 for k in value)):
-            raise ValueError("metadata holds at most 16 keys of at most 64 characters")
-        return value
-
 
 class FineTuningJobRequest(_Request):
     model: str
@@ -339,4 +350,4 @@ class FineTuningJobRequest(_Request):
     )
     seed: Annotated[int, Field(ge=0, le=2**31 - 1)] | None = None
     validation_file: str | None = None
-    metadata: dict[str, Annotated[str, Field(max_length=512)]] | None = None
+    metadata: Metadata | None = None
