@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -61,6 +62,16 @@ def tiny_adapter(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path)
     config = TrainConfig(rank=8, max_steps=10, learning_rate=1e-2, batch_size=8)
     train_adapter(tiny_model_dir, teacher, work / "adapter", config)
     return work / "adapter"
+
+
+@pytest.fixture
+def clean_settings_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """No setting from the machine running the tests, and no .env but the test's own (the
+    settings, CLI and runtime tests)."""
+    for name in os.environ:
+        if name.upper().startswith("POWERSERVE_") or name.upper() in ("HOST", "PORT", "REDIS_URL"):
+            monkeypatch.delenv(name)
+    monkeypatch.chdir(tmp_path)
 
 
 @pytest.fixture(scope="session")

@@ -4,7 +4,6 @@ the same fields."""
 
 from __future__ import annotations
 
-import os
 import re
 import subprocess
 import sys
@@ -35,12 +34,8 @@ from tests.test_config import CONTRACT, MODEL_DIR
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(autouse=True)
-def clean_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    for name in os.environ:
-        if name.upper().startswith("POWERSERVE_") or name.upper() in ("HOST", "PORT", "REDIS_URL"):
-            monkeypatch.delenv(name)
-    monkeypatch.chdir(tmp_path)
+# No setting from the machine running the tests, and no .env but the test's own.
+pytestmark = pytest.mark.usefixtures("clean_settings_environment")
 
 
 def help_of(*command: str, capsys: pytest.CaptureFixture[str]) -> str:

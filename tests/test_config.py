@@ -7,7 +7,6 @@ read (generated from that class, then written out by hand): each still sets its 
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
@@ -129,13 +128,8 @@ GROUPS: dict[type[BaseSettings], list[str]] = {
 }  # fmt: skip
 
 
-@pytest.fixture(autouse=True)
-def clean_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    """No setting from the machine running the tests, and no .env but the test's own."""
-    for name in os.environ:
-        if name.upper().startswith("POWERSERVE_") or name.upper() in ("HOST", "PORT", "REDIS_URL"):
-            monkeypatch.delenv(name)
-    monkeypatch.chdir(tmp_path)
+# No setting from the machine running the tests, and no .env but the test's own.
+pytestmark = pytest.mark.usefixtures("clean_settings_environment")
 
 
 def _expected(value: Any, tmp_path: Path) -> Any:

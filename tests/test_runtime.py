@@ -4,7 +4,6 @@ worker pool). Engines are built, never started: no vLLM, no worker."""
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest
@@ -23,13 +22,8 @@ from service.runtime import (
     resolve_adapter,
 )
 
-
-@pytest.fixture(autouse=True)
-def clean_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    for name in os.environ:
-        if name.upper().startswith("POWERSERVE_") or name.upper() in ("HOST", "PORT", "REDIS_URL"):
-            monkeypatch.delenv(name)
-    monkeypatch.chdir(tmp_path)
+# No setting from the machine running the tests, and no .env but the test's own.
+pytestmark = pytest.mark.usefixtures("clean_settings_environment")
 
 
 @pytest.fixture
