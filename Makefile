@@ -18,6 +18,9 @@ LOAD_ARGS ?= --users 8 --seconds 60
 # schemathesis (the API fuzz test, tests/fuzz) has an environment of its own too.
 FUZZ_VENV := .venv-fuzz
 FUZZ_STAMP := $(FUZZ_VENV)/.installed
+# LangChain and LiteLLM (the third-party client checks, tests/clients) pin an openai of their own.
+CLIENTS_VENV := .venv-clients
+CLIENTS_STAMP := $(CLIENTS_VENV)/.installed
 SWEEP_ARGS ?=
 ADMISSION_ARGS ?=
 TENANTS_ARGS ?=
@@ -26,7 +29,7 @@ TENANTS_ARGS ?=
 
 all: serve
 
-# The one recipe of the three virtual environments (.venv, .venv-load, .venv-fuzz):
+# The one recipe of the virtual environments (.venv, .venv-load, .venv-fuzz, .venv-clients):
 # $(call make-venv,DIRECTORY,PIP INSTALL ARGUMENTS) makes DIRECTORY with $(PYTHON) unless it has a
 # python, pins its pip, installs the packages. Each stamp rule adds its own steps, then touches the stamp.
 define make-venv
@@ -64,7 +67,7 @@ system-deps:
 		DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends redis-server prometheus; \
 	fi
 
-test: $(STAMP) $(LOAD_STAMP) $(FUZZ_STAMP) system-deps
+test: $(STAMP) $(LOAD_STAMP) $(FUZZ_STAMP) $(CLIENTS_STAMP) system-deps
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: $(STAMP)
@@ -115,6 +118,10 @@ $(FUZZ_STAMP): tests/fuzz/requirements-fuzz.txt
 	$(call make-venv,$(FUZZ_VENV),-r tests/fuzz/requirements-fuzz.txt)
 	touch $@
 
+$(CLIENTS_STAMP): tests/clients/requirements-clients.txt
+	$(call make-venv,$(CLIENTS_VENV),-r tests/clients/requirements-clients.txt)
+	touch $@
+
 # Locust traffic mix against URL (e.g. URL=http://127.0.0.1:8000 with `make stack`), or against a
 # service it starts on the default model: loadtests/results/load.{json,png}.
 load: $(STAMP) $(LOAD_STAMP) model
@@ -135,4 +142,4 @@ stack: $(STAMP) model system-deps
 	$(BIN)/python -m loadtests.stack
 
 clean:
-	rm -rf $(VENV) $(LOAD_VENV) $(FUZZ_VENV) *.egg-info .pytest_cache .ruff_cache .mypy_cache
+	rm -rf $(VENV) $(LOAD_VENV) $(FUZZ_VENV) $(CLIENTS_VENV) *.egg-info .pytest_cache .ruff_cache .mypy_cache

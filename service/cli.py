@@ -42,6 +42,7 @@ from service.config import (
     settings_group,
 )
 from service.distill.commands import Distill
+from service.request_ids import RequestIdFilter
 
 __all__ = [
     "HashKey",
@@ -58,10 +59,13 @@ __all__ = [
 def configure_logging(level: str) -> None:
     logging.basicConfig(
         level=level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        format="%(asctime)s %(levelname)s [%(request_id)s] %(name)s: %(message)s",
         datefmt="%H:%M:%S",
         force=True,
     )
+    # Every line says which request it belongs to ("-" outside one).
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(RequestIdFilter())
     # One line per HTTP call to a worker (health checks every few seconds) is noise at INFO.
     logging.getLogger("httpx").setLevel(max(logging.WARNING, logging.getLogger().level))
 

@@ -120,8 +120,9 @@ class EngineSettings(_SettingsGroup):
     max_model_len: int | None = Field(
         None,
         ge=16,
-        description="Context length (prompt + answer). Unset: 2048, or the model's own limit when "
-        "that is smaller.",
+        description="Context length (prompt + answer). Unset: the model's own limit "
+        "(max_position_embeddings; 8,192 for the embedded default), or 2048 when the model does not "
+        "say.",
     )
     dtype: str = Field("float32", description="float32 on CPUs without AVX-512 bf16; auto on GPUs.")
     enforce_eager: bool = Field(
@@ -145,10 +146,11 @@ class EngineSettings(_SettingsGroup):
     )
 
     def context_length(self, model_limit: int | None) -> int:
-        """The engine's max_model_len: as set, else 2048 capped by the model's own limit."""
+        """The engine's max_model_len: as set, else the model's own limit (clients such as agent
+        CLIs send thousands of tokens of instructions), else 2048."""
         if self.max_model_len is not None:
             return self.max_model_len
-        return min(2048, model_limit) if model_limit else 2048
+        return model_limit or 2048
 
 
 class LoRASettings(_SettingsGroup):
@@ -246,7 +248,8 @@ class WorkerPoolSettings(_SettingsGroup):
 
 
 class RequestSettings(_SettingsGroup):
-    """What a completion request gets when it sets nothing, and how many samples it may ask for."""
+    """What a completion request gets when it sets nothing, how many samples it may ask for, and
+    how long and how large the Responses API's stored responses may be."""
 
     max_n: int = Field(16, ge=1, description="Largest `n` (samples per request) accepted.")
     max_choices: int = Field(
@@ -259,6 +262,31 @@ class RequestSettings(_SettingsGroup):
         1024,
         ge=1,
         description="max_tokens of a chat request that sets none (capped by the context).",
+    )
+    responses_ttl_s: int = Field(
+        86_400,
+        ge=1,
+        description="How long a stored response (POST /v1/responses with store true, the default) "
+        "can be retrieved and continued with previous_response_id.",
+    )
+    responses_max_stored: int = Field(
+        10_000,
+        ge=1,
+        description="Most responses kept in this process's memory (without Redis), the least "
+        "recently used going first; with Redis (jobs-redis-url, else redis-url) only the TTL bounds "
+        "them.",
+    )
+    responses_max_bytes: int = Field(
+        1 << 20,
+        ge=1,
+        description="Largest stored response (its conversation and output, as JSON); a larger one "
+        "is answered but not stored (logged).",
+    )
+    tool_call_parser: str = Field(
+        "hermes",
+        description="How the model writes the tool calls it chooses to make (tool_choice auto): the "
+        "name of vLLM's parser for its syntax, as vllm serve --tool-call-parser takes. Required and "
+        "named tool calls are constrained decoding and work with any model.",
     )
 
 

@@ -7,7 +7,7 @@ Every layer raises these; only ``service.api.errors`` turns them into HTTP respo
     │   ├── ContextLengthError         prompt + answer exceed the model's context (400)
     │   └── TokenBudgetError           a power request would generate too many tokens (400)
     ├── ModelNotFoundError             no route serves the requested model (404)
-    ├── ResourceNotFoundError          no file, batch or job has the id asked for (404)
+    ├── ResourceNotFoundError          no file, batch, job or response has the id asked for (404)
     ├── PayloadTooLargeError           an upload exceeds the size cap (413)
     ├── EngineUnavailableError         the engine is starting, dead or has no healthy worker (503)
     │   └── ServerOverloadedError      the work in flight is at its cap (503, admission control)
@@ -90,10 +90,12 @@ class EngineError(PowerserveError):
 
 
 class ResourceNotFoundError(PowerserveError):
-    """No file, batch or fine-tuning job has the id asked for."""
+    """No file, batch, fine-tuning job or stored response has the id asked for."""
 
-    def __init__(self, kind: str, resource_id: str, *, param: str | None = None):
-        super().__init__(f"No {kind} with id `{resource_id}`.", param=param, code="not_found")
+    def __init__(
+        self, kind: str, resource_id: str, *, param: str | None = None, code: str = "not_found"
+    ):
+        super().__init__(f"No {kind} with id `{resource_id}`.", param=param, code=code)
 
 
 class StateUnavailableError(PowerserveError):

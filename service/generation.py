@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from service.engines.base import Constraint
 from service.power import PowerMethod, PowerReport, SamplerStats
 
 __all__ = ["Choice", "ChoiceDelta", "GenerationRequest", "GenerationResult", "SelfReward"]
@@ -40,6 +41,12 @@ class GenerationRequest:
     mcmc_steps: int | None = None
     block_size: int | None = None
     power_stream_lag: int | None = None
+    # Structured outputs (response_format, or a tool call the request requires).
+    constraint: Constraint | None = None
+    # The request field the constraint came from, for error messages.
+    constraint_param: str = "response_format"
+    # (token id, bias) pairs, sorted by token id.
+    logit_bias: tuple[tuple[int, float], ...] = ()
     # Name of the request field that held the prompt, for error messages ("prompt" or "messages").
     prompt_param: str = "prompt"
 

@@ -79,18 +79,23 @@ class PromptRenderer:
             return 0
         return -(-len(text.encode()) // self.max_token_bytes)
 
-    def encode_text(self, text: str) -> list[int]:
+    def encode_text(self, text: str, *, add_special_tokens: bool = True) -> list[int]:
         """A completion prompt, with the special tokens the tokenizer adds (as vLLM does)."""
-        return list(self.tokenizer(text, add_special_tokens=True)["input_ids"])
+        return list(self.tokenizer(text, add_special_tokens=add_special_tokens)["input_ids"])
 
-    def encode_chat(self, messages: Sequence[dict[str, Any]]) -> list[int]:
-        """Chat messages through the model's chat template, ready for the assistant's turn."""
+    def encode_chat(
+        self, messages: Sequence[dict[str, Any]], tools: Sequence[dict[str, Any]] | None = None
+    ) -> list[int]:
+        """Chat messages (and the tools the model may call, OpenAI's ``tools`` entries) through the
+        model's chat template, ready for the assistant's turn."""
         if not getattr(self.tokenizer, "chat_template", None):
             raise InvalidRequestError(
                 "This model has no chat template; use /v1/completions.", param="messages"
             )
+        if not self.template_knows_tools and (tools or _has_tool_turns(messages)):
+            messages, tools = _hermes_tools(messages, tools or ()), None
         # A conversation seen before (a cache hit, a retry) skips the template and the tokenizer.
-        key = json.dumps(list(messages), sort_keys=True)
+        key = json.dumps({"messages": list(messages), "tools": tools}, sort_keys=True)
         with self._chats_lock:
             cached = self._chats.get(key)
         if cached is not None:
@@ -107,10 +112,17 @@ class PromptRenderer:
         """What the rendered-conversation cache holds now (bounded by _CHAT_CACHE_BYTES)."""
         return int(self._chats.currsize)
 
-    def _render_chat(self, messages_json: str) -> tuple[int, ...]:
+    @property
+    def template_knows_tools(self) -> bool:
+        """Whether the chat template renders tools and tool calls itself."""
+        template = self.tokenizer.chat_template
+        return isinstance(template, str) and "tools" in template and "tool_calls" in template
+
+    def _render_chat(self, chat_json: str) -> tuple[int, ...]:
+        chat = json.loads(chat_json)
         try:
             ids = self.tokenizer.apply_chat_template(
-                json.loads(messages_json), add_generation_prompt=True, tokenize=True
+                chat["messages"], tools=chat["tools"], add_generation_prompt=True, tokenize=True
             )
         except Exception as exc:  # template errors are the caller's messages, not a crash
             raise InvalidRequestError(f"The chat template failed: {exc}", param="messages") from exc
@@ -132,6 +144,57 @@ class PromptRenderer:
             raise InvalidRequestError(
                 f"Token id {bad} is outside the vocabulary (0..{size - 1}).", param=param
             )
+
+
+# Tools for a template that knows none: Hermes' format (Qwen's and NousResearch's templates), which
+# the default tool-call parser, hermes, reads back.
+_HERMES_TOOLS = """# Tools
+
+You may call one or more functions to assist with the user query.
+
+You are provided with function signatures within <tools></tools> XML tags:
+<tools>
+{tools}
+</tools>
+
+For each function call, return a json object with function name and arguments within \
+<tool_call></tool_call> XML tags:
+<tool_call>
+{{"name": <function-name>, "arguments": <args-json-object>}}
+</tool_call>"""
+
+
+def _has_tool_turns(messages: Sequence[dict[str, Any]]) -> bool:
+    return any(m.get("tool_calls") or m["role"] == "tool" for m in messages)
+
+
+def _hermes_tools(
+    messages: Sequence[dict[str, Any]], tools: Sequence[dict[str, Any]]
+) -> list[dict[str, Any]]:
+    """The conversation with its tools and tool turns written out as Hermes' text, for a template
+    that renders only roles and content: the tools in the system message, an assistant's calls as
+    ``<tool_call>`` blocks, a tool's result as a ``<tool_response>`` block."""
+    out: list[dict[str, Any]] = []
+    for message in messages:
+        content = message["content"]
+        if message.get("tool_calls"):
+            calls = [
+                json.dumps({"name": c["function"]["name"], "arguments": c["function"]["arguments"]})
+                for c in message["tool_calls"]
+            ]
+            content = "\n".join([content, *(f"<tool_call>\n{c}\n</tool_call>" for c in calls)])
+            content = content.strip()
+        if message["role"] == "tool":
+            content = f"<tool_response>\n{content}\n</tool_response>"
+        out.append({"role": message["role"], "content": content})
+    if tools:
+        listed = "\n".join(json.dumps(tool) for tool in tools)
+        preamble = _HERMES_TOOLS.format(tools=listed)
+        if out and out[0]["role"] == "system":
+            out[0] = {"role": "system", "content": f"{out[0]['content']}\n\n{preamble}"}
+        else:
+            out.insert(0, {"role": "system", "content": preamble})
+    return out
 
 
 class TextStream:

@@ -90,7 +90,7 @@ def engine_arguments(settings: Settings, model_dir: Path) -> dict[str, Any]:
     takes them as they are and ``powerserve worker`` as ``vllm serve`` flags, so both serve alike."""
     limit = position_limit(model_dir)
     context = settings.context_length(limit)
-    if settings.max_model_len is None and limit is not None and context < 2048:
+    if settings.max_model_len is None and limit is not None:
         logger.info("context length %d: the model's own limit (max_position_embeddings)", context)
     arguments: dict[str, Any] = dict(
         model=str(model_dir),
@@ -107,6 +107,9 @@ def engine_arguments(settings: Settings, model_dir: Path) -> dict[str, Any]:
         disable_log_stats=False,
         # Requests carry a priority (batch lines yield to interactive ones: service/jobs).
         scheduling_policy="priority",
+        # Structured outputs (response_format, required tools) by xgrammar, JSON without free
+        # whitespace: a small model let loose between tokens may emit whitespace until max_tokens.
+        structured_outputs_config={"backend": "xgrammar", "disable_any_whitespace": True},
     )
     arguments.update(platform_arguments(context))
     if settings.kv_block_size is not None:

@@ -300,7 +300,7 @@ def test_served_model_name(tmp_path: Path) -> None:
 def test_context_length() -> None:
     assert Settings().context_length(None) == 2048
     assert Settings().context_length(1024) == 1024
-    assert Settings().context_length(8192) == 2048
+    assert Settings().context_length(8192) == 8192
     assert Settings(max_model_len=4096).context_length(1024) == 4096
 
 

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 import openai
+
+from loadtests.harness import ServiceProcess
 
 MODEL = "smollm2-135m-instruct"
 
@@ -37,3 +42,19 @@ def test_chat_streams_with_usage(default_client: openai.OpenAI) -> None:
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert len(text.split()) >= 3
     assert chunks[-1].usage.completion_tokens <= 24
+
+
+def test_the_engine_is_warmed_up_before_the_service_is_ready(default_service: ServiceProcess) -> None:
+    log = default_service.log_path.read_text(errors="replace")
+    assert "warming up" not in log, "a kind of request failed to warm up"
+    assert log.index("engine warmed up in") < log.index("serving ['smollm2-135m-instruct'")
+
+
+def test_the_readme_quick_start_runs(default_service: ServiceProcess) -> None:
+    """The Python example a newcomer copies first, as written, against the default model."""
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    quick_start = readme[readme.index("## Quick start") :]
+    code = re.search(r"```python\n(.*?)```", quick_start, re.DOTALL)
+    assert code is not None
+    source = code.group(1).replace("http://127.0.0.1:8000/v1", default_service.base_url)
+    exec(compile(source, "README.md", "exec"), {})  # the README's own example

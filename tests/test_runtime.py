@@ -60,12 +60,13 @@ def test_engine_arguments_follow_the_settings(model_dir: Path) -> None:
         "dtype": "bfloat16",
         "enforce_eager": False,
         "gpu_memory_utilization": 0.8,
-        "max_model_len": 1024,  # the model's own limit, under 2048
+        "max_model_len": 1024,  # the model's own limit
         "max_num_seqs": 64,
         "max_logprobs": 40,
         "enable_prefix_caching": True,
         "disable_log_stats": False,
         "scheduling_policy": "priority",
+        "structured_outputs_config": {"backend": "xgrammar", "disable_any_whitespace": True},
         "block_size": 16,
         **platform_arguments(1024),
     }

@@ -18,7 +18,7 @@ from fastapi import FastAPI
 from service import __version__
 from service.api.errors import install_error_handlers
 from service.api.guards import BodyLimit, Drain, Draining, KeyCheck
-from service.api.observe import RequestMetrics
+from service.api.observe import RequestIds, RequestMetrics
 from service.api.routes import api_router
 from service.config import Settings
 from service.serving import Gateway
@@ -72,11 +72,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     if keys.enabled:
         logger.info("API keys required on /v1 (%d configured)", len(keys))
     install_error_handlers(app)
-    # Outermost last: metrics see every answer, then shutdown, keys, the body cap (api/guards.py).
+    # Outermost last: ids, then metrics see every answer, then shutdown, keys, the body cap
+    # (api/guards.py).
     uploads = {"/v1/files": settings.files_max_bytes + UPLOAD_OVERHEAD_BYTES}
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes, uploads=uploads)
     app.add_middleware(KeyCheck, keys=keys, metrics_require_key=settings.metrics_require_key)
     app.add_middleware(Draining, drain=drain)
     app.add_middleware(RequestMetrics)
+    app.add_middleware(RequestIds)
     app.include_router(api_router)
     return app

@@ -2,6 +2,7 @@
 
 CallerDep        who asks: the key KeyCheck (api/guards.py) found, or the client's address
 ChatDep, CompletionsDep, ModelsDep     need the engine: 503 + Retry-After while it starts
+ResponsesDep, TokenizeDep              the same (stored responses too: they are served as chat)
 FilesDep, BatchesDep, FineTuningDep    answer from the moment the server listens
 """
 
@@ -19,7 +20,9 @@ from service.serving import (
     FineTuningServing,
     Gateway,
     ModelsServing,
+    ResponsesServing,
     TextCompletionServing,
+    TokenizeServing,
 )
 
 __all__ = [
@@ -31,6 +34,8 @@ __all__ = [
     "FineTuningDep",
     "GatewayDep",
     "ModelsDep",
+    "ResponsesDep",
+    "TokenizeDep",
     "get_batches",
     "get_caller",
     "get_chat",
@@ -39,6 +44,8 @@ __all__ = [
     "get_fine_tuning",
     "get_gateway",
     "get_models",
+    "get_responses",
+    "get_tokenize",
 ]
 
 
@@ -72,6 +79,14 @@ def get_models(gateway: GatewayDep) -> ModelsServing:
     return gateway.models
 
 
+def get_responses(gateway: GatewayDep) -> ResponsesServing:
+    return gateway.responses
+
+
+def get_tokenize(gateway: GatewayDep) -> TokenizeServing:
+    return gateway.tokenize
+
+
 def get_files(gateway: GatewayDep) -> FilesServing:
     return gateway.files
 
@@ -87,6 +102,8 @@ def get_fine_tuning(gateway: GatewayDep) -> FineTuningServing:
 ChatDep = Annotated[ChatServing, Depends(get_chat)]
 CompletionsDep = Annotated[TextCompletionServing, Depends(get_completions)]
 ModelsDep = Annotated[ModelsServing, Depends(get_models)]
+ResponsesDep = Annotated[ResponsesServing, Depends(get_responses)]
+TokenizeDep = Annotated[TokenizeServing, Depends(get_tokenize)]
 FilesDep = Annotated[FilesServing, Depends(get_files)]
 BatchesDep = Annotated[BatchesServing, Depends(get_batches)]
 FineTuningDep = Annotated[FineTuningServing, Depends(get_fine_tuning)]

@@ -4,7 +4,8 @@ Each is a plain ASGI middleware (a streamed body is counted as it arrives, a str
 flight until its last byte) that answers refusals itself, in OpenAI's error shape:
 
     Draining     while shutting down: 503 + Retry-After for new requests; counts those in flight
-    KeyCheck     with keys configured: /v1/* (and /metrics if so set) need a valid Bearer key (401)
+    KeyCheck     with keys configured: /v1/*, /tokenize and /detokenize (and /metrics if so
+                 set) need a valid Bearer key (401)
     BodyLimit    a body over the cap: 413, from Content-Length before anything is read, else
                  counted while it streams in; nothing reaches the JSON parser. Uploads have a cap
                  of their own and stream through, counted, to the form parser (which spools them
@@ -124,7 +125,9 @@ class KeyCheck:
 
     def _guarded(self, path: str) -> bool:
         return (
-            path.startswith("/v1/") or path == "/v1" or (self.metrics_require_key and path == "/metrics")
+            path.startswith("/v1/")
+            or path in ("/v1", "/tokenize", "/detokenize")
+            or (self.metrics_require_key and path == "/metrics")
         )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:

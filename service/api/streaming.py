@@ -6,6 +6,9 @@ running, and a proxy with an idle timeout must not drop a stream that is silent 
 stream's work on ``http.disconnect``; ``cancel_on_disconnect`` does the same for a JSON answer. The
 cancellation reaches the engine, which aborts the requests (AsyncLLM.generate aborts on
 CancelledError).
+
+Two kinds of stream: the completions' (``data:`` chunks, then ``data: [DONE]``) and the Responses
+API's (each event named by an ``event:`` line, the last one being the response's final state).
 """
 
 from __future__ import annotations
@@ -13,14 +16,15 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator, Awaitable, Mapping
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from fastapi import Request
 from fastapi.responses import JSONResponse, Response
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
 from service.errors import PowerserveError
-from service.serving import Caller, CompletionsServing, Prepared, StreamedAnswer
+from service.pipeline import ModelRoute
+from service.serving import Answer, Caller, StreamedAnswer
 from service.serving.errors import error_of
 
 __all__ = [
@@ -41,14 +45,42 @@ class ClientDisconnected(Exception):
     """The client closed the connection before the answer was ready."""
 
 
+class _Prepared(Protocol):
+    """A prepared request (completions' ``Prepared``, Responses' ``PreparedResponse``)."""
+
+    @property
+    def route(self) -> ModelRoute: ...
+
+    @property
+    def stream(self) -> bool: ...
+
+
+_PreparedT = TypeVar("_PreparedT", bound=_Prepared)
+_PreparedIn = TypeVar("_PreparedIn", bound=_Prepared, contravariant=True)
+
+
+class _Serving(Protocol[_PreparedIn]):
+    """A serving object that answers its prepared requests whole or streamed."""
+
+    async def answer(self, prepared: _PreparedIn, caller: Caller) -> Answer: ...
+
+    async def stream(self, prepared: _PreparedIn, caller: Caller) -> StreamedAnswer: ...
+
+
 async def send_answer(
-    request: Request, serving: CompletionsServing[Any], prepared: Prepared, caller: Caller
+    request: Request,
+    serving: _Serving[_PreparedT],
+    prepared: _PreparedT,
+    caller: Caller,
+    *,
+    named_events: bool = False,
 ) -> Response:
-    """A completion endpoint's response: JSON, or SSE chunks; the work stops if the client goes."""
+    """A prepared request's response: JSON, or SSE (``named_events``: the Responses API's stream);
+    the work stops if the client goes."""
     request.state.route = prepared.route  # for the request metrics (api/observe.py)
     if prepared.stream:
-        streamed: StreamedAnswer = await serving.stream(prepared, caller)
-        return event_stream(streamed.chunks, headers=streamed.headers)
+        streamed = await serving.stream(prepared, caller)
+        return event_stream(streamed.chunks, headers=streamed.headers, named=named_events)
     try:
         answer = await cancel_on_disconnect(request, serving.answer(prepared, caller))
     except ClientDisconnected:
@@ -57,11 +89,13 @@ async def send_answer(
 
 
 def event_stream(
-    chunks: AsyncIterator[dict[str, Any]], *, headers: Mapping[str, str]
+    chunks: AsyncIterator[dict[str, Any]], *, headers: Mapping[str, str], named: bool = False
 ) -> EventSourceResponse:
-    """Chunks as SSE ``data:`` events ending with ``[DONE]``, keep-alive comments between."""
+    """Chunks as SSE ``data:`` events ending with ``[DONE]``, keep-alive comments between.
+    ``named``: each chunk is an event named by its ``type`` and nothing follows the last (the
+    Responses API's stream)."""
     return EventSourceResponse(
-        _events(chunks),
+        _events(chunks, named=named),
         headers={"X-Accel-Buffering": "no", **headers},
         ping=KEEP_ALIVE_S,
         ping_message_factory=lambda: ServerSentEvent(comment="keep-alive"),
@@ -69,15 +103,19 @@ def event_stream(
     )
 
 
-async def _events(chunks: AsyncIterator[dict[str, Any]]) -> AsyncIterator[ServerSentEvent]:
+async def _events(
+    chunks: AsyncIterator[dict[str, Any]], *, named: bool
+) -> AsyncIterator[ServerSentEvent]:
     """An error mid-stream becomes an OpenAI error event (the status line has long been sent)."""
     try:
         async for chunk in chunks:
-            yield ServerSentEvent(data=json.dumps(chunk, separators=(",", ":")))
+            data = json.dumps(chunk, separators=(",", ":"))
+            yield ServerSentEvent(data=data, event=chunk["type"] if named else None)
     except PowerserveError as exc:
         _status, body = error_of(exc)
         yield ServerSentEvent(data=json.dumps(body))
-    yield ServerSentEvent(data="[DONE]")
+    if not named:
+        yield ServerSentEvent(data="[DONE]")
 
 
 async def cancel_on_disconnect(request: Request, work: Awaitable[T]) -> T:

@@ -1,6 +1,7 @@
 """Engines: the contract every route uses (base) and its vLLM implementations."""
 
 from service.engines.base import (
+    Constraint,
     Engine,
     EngineInfo,
     Generated,
@@ -11,6 +12,7 @@ from service.engines.base import (
 from service.engines.local import LocalEngine
 
 __all__ = [
+    "Constraint",
     "Engine",
     "EngineInfo",
     "Generated",

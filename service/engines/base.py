@@ -14,17 +14,20 @@ from __future__ import annotations
 import abc
 import contextvars
 import hashlib
+import json
 import uuid
 from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Literal
 
 from service.errors import EngineError
 
 __all__ = [
     "DISTILLED_ADAPTER",
     "LORA_TARGET_MODULES",
+    "Constraint",
     "Engine",
     "EngineInfo",
     "Generated",
@@ -33,6 +36,7 @@ __all__ = [
     "derive_seed",
     "new_request_id",
     "scheduling_priority",
+    "structured_outputs_fields",
 ]
 
 
@@ -79,6 +83,36 @@ def derive_seed(*parts: int | str) -> int:
     return int.from_bytes(digest, "big") >> 1
 
 
+@dataclass(frozen=True)
+class Constraint:
+    """What an answer must match, enforced by the engine's structured outputs (a grammar that masks
+    the tokens that cannot continue a match):
+
+    json         ``spec`` is a JSON schema (as JSON text)
+    json_object  any JSON object; ``spec`` is empty
+    regex        ``spec`` is a regular expression
+    choice       ``spec`` is a JSON list of the allowed answers
+
+    Beware: the engine applies the mask before its sampler, so the log-probs it returns for a
+    constrained request are renormalised over the allowed tokens, not the model's own.
+    """
+
+    kind: Literal["json", "json_object", "regex", "choice"]
+    spec: str = ""
+
+
+def structured_outputs_fields(constraint: Constraint) -> dict[str, Any]:
+    """The constraint as vLLM's ``structured_outputs`` fields (``StructuredOutputsParams`` in
+    process, the request body's ``structured_outputs`` of a ``vllm serve`` worker)."""
+    if constraint.kind == "json_object":
+        return {"json_object": True}
+    if constraint.kind == "json":
+        return {"json": constraint.spec}
+    if constraint.kind == "choice":
+        return {"choice": json.loads(constraint.spec)}
+    return {"regex": constraint.spec}
+
+
 @dataclass(frozen=True, kw_only=True)
 class SamplingOptions:
     """How to sample one sequence. Keyword-only, so calls read as what they ask for::
@@ -99,6 +133,10 @@ class SamplingOptions:
     adapter: str | None = None
     # Decode text as tokens arrive. Off for MCMC proposals: they work on token ids only.
     detokenize: bool = True
+    # Structured outputs: what the answer must match; None = anything.
+    constraint: Constraint | None = None
+    # OpenAI's logit_bias: (token id, bias added to its logit) pairs, sorted by token id.
+    logit_bias: tuple[tuple[int, float], ...] = ()
 
     def __post_init__(self) -> None:
         if self.max_tokens < 1:

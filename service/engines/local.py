@@ -18,12 +18,14 @@ from pathlib import Path
 from typing import Any
 
 from service.engines.base import (
+    Constraint,
     Engine,
     EngineInfo,
     Generated,
     SamplingOptions,
     current_priority,
     new_request_id,
+    structured_outputs_fields,
 )
 from service.errors import EngineError, EngineUnavailableError, InvalidRequestError
 from service.model_store import eos_token_ids
@@ -168,6 +170,8 @@ class LocalEngine(Engine):
         await self.check_health()
         params = SamplingParams(
             n=1,
+            structured_outputs=_structured_outputs(options.constraint),
+            logit_bias=dict(options.logit_bias) or None,
             max_tokens=options.max_tokens,
             temperature=options.temperature,
             top_p=options.top_p,
@@ -244,6 +248,14 @@ class LocalEngine(Engine):
             raise InvalidRequestError(str(exc), param=exc.parameter) from exc
         except EngineGenerateError as exc:
             raise EngineError(f"The engine failed on this request: {exc.__cause__ or exc}") from exc
+
+
+def _structured_outputs(constraint: Constraint | None) -> Any:
+    from vllm.sampling_params import StructuredOutputsParams
+
+    if constraint is None:
+        return None
+    return StructuredOutputsParams(**structured_outputs_fields(constraint))
 
 
 def _to_generated(completion: Any, *, with_top: bool) -> Generated:

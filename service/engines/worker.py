@@ -15,6 +15,7 @@ vLLM's own CLI ``main()``; with the GPU build the lookup works and nothing is ch
 from __future__ import annotations
 
 import importlib.metadata
+import json
 import os
 import sys
 from collections.abc import Mapping
@@ -53,6 +54,8 @@ def worker_arguments(
             args.append(flag)
         elif isinstance(value, list | tuple):
             args += [flag, *map(str, value)]
+        elif isinstance(value, dict):  # a config group: vllm serve takes it as JSON
+            args += [flag, json.dumps(value)]
         else:
             args += [flag, str(value)]
     if adapters:

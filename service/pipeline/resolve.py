@@ -62,8 +62,11 @@ class ResolvedRequest:
 
     @property
     def rescore(self) -> bool:
-        """Score answers under the base model: the distilled model's, so that self-rewards compare."""
-        return self.route.kind is RouteKind.DISTILLED
+        """Score answers under the base model where the sampled log-probs are not its own: the
+        distilled model's, and a constrained answer's (renormalised over the allowed tokens), so
+        that self-rewards compare."""
+        constrained = self.sampling is not None and self.sampling.constraint is not None
+        return self.route.kind is RouteKind.DISTILLED or constrained
 
     @property
     def worst_case_tokens(self) -> int:
@@ -119,13 +122,33 @@ def resolve(
         presence_penalty=request.presence_penalty,
         frequency_penalty=request.frequency_penalty,
         stop=request.stop,
-        top_logprobs=request.logprobs or 0,
+        # More alternatives than the vocabulary has would kill vLLM's engine (top-k out of range).
+        top_logprobs=min(request.logprobs or 0, info.vocab_size),
         adapter=route.adapter,
+        constraint=request.constraint,
+        logit_bias=request.logit_bias,
     )
     return ResolvedRequest(**common, sampling=sampling)
 
 
 def _power_config(request: GenerationRequest, settings: Settings, max_tokens: int) -> PowerConfig:
+    if request.constraint is not None:
+        # The engine renormalises a constrained request's log-probs over the allowed tokens; a
+        # sampler built on them would target a locally renormalised law, not p^alpha restricted
+        # to the answers the constraint accepts (DESIGN.md, structured outputs).
+        raise InvalidRequestError(
+            f"`{request.constraint_param}` is not supported on the power route yet: constrained "
+            "power sampling needs the model's unmasked probabilities of the allowed tokens, which "
+            "the engine does not return, and without them the answers would follow a different "
+            "law than p^alpha restricted to the valid answers. Use the plain or distilled route "
+            "for structured outputs and required or named tools.",
+            param=request.constraint_param,
+        )
+    if request.logit_bias:
+        raise InvalidRequestError(
+            "`logit_bias` is not supported on the power route: it would change its target.",
+            param="logit_bias",
+        )
     if request.top_p != 1.0:
         raise InvalidRequestError(
             "The power route samples without top-p (its proposal is the full tempered model); "

@@ -7,7 +7,11 @@
     files.py        FilesServing: uploads and their checks, ownership, purpose checks
     batches.py      BatchesServing: create, list, retrieve, cancel; lines answered via completions
     fine_tuning.py  FineTuningServing: the rules of a new job, cancel, events
-    protocol.py     the OpenAI request and response models
+    responses.py    ResponsesServing: the Responses API, served as chat; stored responses
+    stored_responses.py   where stored responses live: this process, or Redis
+    tokenize.py     TokenizeServing: /tokenize and /detokenize, as vllm serve has them
+    tools.py        tool calling: the constraint of a required or named call, calls parsed out
+    protocol.py     the OpenAI request and response models (responses_protocol.py: Responses')
     formats.py      how each completion endpoint's choices, deltas and log-probs look
     errors.py       OpenAI's error object and each exception's status
     pages.py        one page of a list endpoint
@@ -31,6 +35,8 @@ from service.serving.files import FilesServing
 from service.serving.fine_tuning import FineTuningServing
 from service.serving.gateway import Gateway, JobGenerator
 from service.serving.models import ModelsServing
+from service.serving.responses import PreparedResponse, ResponsesServing
+from service.serving.tokenize import TokenizeServing
 
 __all__ = [
     "CACHE_HEADER",
@@ -45,6 +51,9 @@ __all__ = [
     "JobGenerator",
     "ModelsServing",
     "Prepared",
+    "PreparedResponse",
+    "ResponsesServing",
     "StreamedAnswer",
     "TextCompletionServing",
+    "TokenizeServing",
 ]

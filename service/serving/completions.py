@@ -30,6 +30,7 @@ from pydantic import ValidationError
 
 from service.config import Settings
 from service.engines.base import scheduling_priority
+from service.engines.tool_parsers import ToolCallParser
 from service.errors import (
     ContextLengthError,
     InvalidRequestError,
@@ -58,6 +59,7 @@ from service.serving.protocol import (
     new_id,
     now,
 )
+from service.serving.tools import ToolCalling
 
 __all__ = [
     "CACHE_HEADER",
@@ -275,14 +277,25 @@ class ChatServing(CompletionsServing[ChatCompletionRequest]):
     endpoint = "/v1/chat/completions"
     request_type = ChatCompletionRequest
 
+    def __init__(
+        self, pipeline: CompletionService, models: ModelsServing, gate: Gate, settings: Settings
+    ):
+        super().__init__(pipeline, models, gate, settings)
+        # How the model writes a tool call it chose to make (tool_choice auto).
+        self.tool_parser = ToolCallParser(settings.tool_call_parser, self.renderer.tokenizer)
+
     async def prepare(self, body: ChatCompletionRequest, caller: Caller) -> Prepared:
         self._check_choices(1, body.n)
         route = self.models.route(body.model, caller)
+        self.renderer.validate_ids(body.biased_token_ids(), param="logit_bias")
+        tools = ToolCalling(body, self.tool_parser) if body.tools else None
+        shown = tools.shown if tools is not None else None
         messages = [message.to_template() for message in body.messages]
         self._check_length([m["content"] for m in messages], "messages")
-        prompt = await self.renderer.off_loop(lambda: self.renderer.encode_chat(messages))
-        generation = body.to_generation(prompt)
-        fmt = ChatFormat(self.renderer, generation.logprobs)
+        prompt = await self.renderer.off_loop(lambda: self.renderer.encode_chat(messages, shown))
+        constraint = (tools.constraint() if tools is not None else None) or body.format_constraint()
+        generation = body.to_generation(prompt, constraint)
+        fmt = ChatFormat(self.renderer, generation.logprobs, tools)
         return Prepared(route, generation, body.cache_control(), fmt, body.stream, body.include_usage)
 
 
@@ -294,6 +307,7 @@ class TextCompletionServing(CompletionsServing[CompletionRequest]):
         prompts = body.prompts()
         self._check_choices(len(prompts), body.n)
         route = self.models.route(body.model, caller)
+        self.renderer.validate_ids(body.biased_token_ids(), param="logit_bias")
         for prompt in prompts:
             if isinstance(prompt, str):
                 self._check_length([prompt], "prompt")
@@ -346,11 +360,15 @@ async def _chunks(
     started: set[int] = set()
     async for event in events:
         if isinstance(event, ChoiceDelta):
-            yield chunk([fmt.delta(event, first=event.index not in started)])
-            started.add(event.index)
+            entry = fmt.delta(event, first=event.index not in started)
+            if entry is not None:
+                yield chunk([entry])
+                started.add(event.index)
         elif isinstance(event, Choice):
             if event.index not in started:  # ended before any delta: open it first
-                yield chunk([fmt.delta(ChoiceDelta(index=event.index), first=True)])
+                opening = fmt.delta(ChoiceDelta(index=event.index), first=True)
+                assert opening is not None
+                yield chunk([opening])
                 started.add(event.index)
             entry = fmt.finish(event) | {"self_reward": event.self_reward.to_json()}
             if event.sampler is not None and route.kind is RouteKind.POWER:

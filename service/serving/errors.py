@@ -23,6 +23,7 @@ from service.errors import (
     ResourceNotFoundError,
     StateUnavailableError,
 )
+from service.request_ids import current_request_id
 from service.serving.protocol import ErrorInfo, ErrorResponse
 
 __all__ = ["error_body", "error_of", "status_of", "validation_error_body"]
@@ -61,8 +62,11 @@ def error_body(
 ) -> dict[str, Any]:
     """OpenAI's error object; ``kind`` (its ``type``) follows from the status unless given."""
     kind = kind or _STATUS_TYPES.get(status, "invalid_request_error" if status < 500 else "server_error")
-    info = ErrorInfo(message=message, type=kind, param=param, code=code)
-    return ErrorResponse(error=info).model_dump()
+    info = ErrorInfo(message=message, type=kind, param=param, code=code, request_id=current_request_id())
+    body = ErrorResponse(error=info).model_dump()
+    if info.request_id is None:  # outside an HTTP request: a batch line's error, say
+        del body["error"]["request_id"]
+    return body
 
 
 def error_of(exc: PowerserveError) -> tuple[int, dict[str, Any]]:
@@ -74,7 +78,7 @@ def error_of(exc: PowerserveError) -> tuple[int, dict[str, Any]]:
 
 # pydantic names the branch of a union it tried (`stop.list[str].0`); the parameter is what is left.
 _UNION_BRANCH = re.compile(
-    r"^(str|int|float|bool|none|list\[.*\]|dict\[.*\]|function-.*|constrained-.*)$"
+    r"^(str|int|float|bool|none|list\[.*\]|dict\[.*\]|literal\[.*\]|function-.*|constrained-.*)$"
 )
 
 

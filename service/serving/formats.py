@@ -11,6 +11,7 @@ from typing import Any
 
 from service.generation import Choice, ChoiceDelta
 from service.prompts import PromptRenderer
+from service.serving.tools import ToolCalling, ToolCallStream
 
 __all__ = ["ChatFormat", "CompletionFormat", "ResponseFormat"]
 
@@ -32,8 +33,9 @@ class ResponseFormat(abc.ABC):
         """A whole choice of a non-streamed response."""
 
     @abc.abstractmethod
-    def delta(self, delta: ChoiceDelta, *, first: bool) -> dict[str, Any]:
-        """A streamed increment of a choice; ``first`` for the choice's first chunk."""
+    def delta(self, delta: ChoiceDelta, *, first: bool) -> dict[str, Any] | None:
+        """A streamed increment of a choice; ``first`` for the choice's first chunk. None when there
+        is nothing to send yet (text held back until a tool call is parsed)."""
 
     @abc.abstractmethod
     def finish(self, choice: Choice) -> dict[str, Any]:
@@ -50,17 +52,36 @@ class ChatFormat(ResponseFormat):
     chunk_object_name = "chat.completion.chunk"
     id_prefix = "chatcmpl"
 
+    def __init__(
+        self, renderer: PromptRenderer, top_logprobs: int | None, tools: ToolCalling | None = None
+    ):
+        super().__init__(renderer, top_logprobs)
+        # With tools, answers may be tool calls: parsed whole, or per streamed choice.
+        self.tools = tools
+        self._streams: dict[int, ToolCallStream] = {}
+
     def choice(self, choice: Choice) -> dict[str, Any]:
+        message: dict[str, Any] = {"role": "assistant", "content": choice.text}
+        finish_reason = choice.finish_reason
+        if self.tools is not None:
+            message, finish_reason = self.tools.message(choice.text, finish_reason)
         return {
             "index": choice.index,
-            "message": {"role": "assistant", "content": choice.text},
+            "message": message,
             "logprobs": self._logprobs(choice.token_ids, choice.logprobs, choice.top_logprobs),
-            "finish_reason": choice.finish_reason,
+            "finish_reason": finish_reason,
             "self_reward": choice.self_reward.to_json(),
         }
 
-    def delta(self, delta: ChoiceDelta, *, first: bool) -> dict[str, Any]:
+    def delta(self, delta: ChoiceDelta, *, first: bool) -> dict[str, Any] | None:
         message: dict[str, Any] = {"content": delta.text}
+        if self.tools is not None:
+            content, calls = self._stream(delta.index).push(delta.text)
+            message = ({"content": content} if content else {}) | (
+                {"tool_calls": calls} if calls else {}
+            )
+            if not message and not first and self.top_logprobs is None:
+                return None
         if first:
             message = {"role": "assistant"} | message
         return {
@@ -71,12 +92,25 @@ class ChatFormat(ResponseFormat):
         }
 
     def finish(self, choice: Choice) -> dict[str, Any]:
+        message: dict[str, Any] = {}
+        finish_reason = choice.finish_reason
+        if self.tools is not None:
+            stream = self._streams.pop(choice.index, None) or self.tools.stream()
+            content, calls = stream.finish()
+            message = ({"content": content} if content else {}) | (
+                {"tool_calls": calls} if calls else {}
+            )
+            finish_reason = stream.finish_reason(finish_reason)
         return {
             "index": choice.index,
-            "delta": {},
+            "delta": message,
             "logprobs": None,
-            "finish_reason": choice.finish_reason,
+            "finish_reason": finish_reason,
         }
+
+    def _stream(self, index: int) -> ToolCallStream:
+        assert self.tools is not None
+        return self._streams.setdefault(index, self.tools.stream())
 
     def _entry(self, token_id: int, logprob: float) -> dict[str, Any]:
         text = self.renderer.token_text(token_id)

@@ -3,7 +3,8 @@
     Gateway.open()    the gate, the response cache's store, the offline store; files and batches
                       answer from here on (they need no engine)
     Gateway.start()   the engine and the request path (runtime.start_services), then the serving
-                      objects that need them, then the batch and fine-tuning workers
+                      objects that need them, then the batch and fine-tuning workers; the engine
+                      is warmed up (one short request of each kind) before the gateway is ready
     Gateway.close()   all of it, in reverse
 
 Routes reach the serving objects through ``service.api.deps``; the workers call the same objects,
@@ -14,12 +15,13 @@ gate (charged to the key that created the work), the cache, the pipeline.
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from service.config import Settings
-from service.engines.base import Engine, scheduling_priority
-from service.errors import EngineUnavailableError
+from service.engines.base import Constraint, Engine, SamplingOptions, scheduling_priority
+from service.errors import EngineUnavailableError, PowerserveError
 from service.generation import GenerationRequest, GenerationResult
 from service.jobs import (
     BatchRecord,
@@ -40,6 +42,9 @@ from service.serving.completions import ChatServing, CompletionsServing, TextCom
 from service.serving.files import FilesServing
 from service.serving.fine_tuning import FineTuningServing
 from service.serving.models import ModelsServing
+from service.serving.responses import ResponsesServing
+from service.serving.stored_responses import build_stored_responses
+from service.serving.tokenize import TokenizeServing
 
 __all__ = ["Gateway", "JobGenerator"]
 
@@ -78,6 +83,7 @@ class Gateway:
         self.settings = settings
         self.gate = Gate.from_settings(settings)
         self.response_store = build_store(settings)
+        self.stored_responses = build_stored_responses(settings)
         # Files and batches on this gateway's disk, or in the Redis replicas share; fine-tuning
         # jobs are always this gateway's (their adapters are loaded into its own engine).
         self.local = SqliteOfflineStore(settings.resolved_state_dir)
@@ -95,6 +101,8 @@ class Gateway:
         self._chat: ChatServing | None = None
         self._completions: TextCompletionServing | None = None
         self._models: ModelsServing | None = None
+        self._responses: ResponsesServing | None = None
+        self._tokenize: TokenizeServing | None = None
         self.batch_worker: BatchWorker | None = None
         self.tuning_worker: FineTuningWorker | None = None
         self.retention = RetentionWorker(self.store)
@@ -112,6 +120,14 @@ class Gateway:
     @property
     def models(self) -> ModelsServing:
         return _started(self._models)
+
+    @property
+    def responses(self) -> ResponsesServing:
+        return _started(self._responses)
+
+    @property
+    def tokenize(self) -> TokenizeServing:
+        return _started(self._tokenize)
 
     @property
     def ready(self) -> bool:
@@ -167,8 +183,11 @@ class Gateway:
             output_retention_s=settings.files_retention_s,
         )
         self.batch_worker.start()
+        await _warm_up(services.engine, chat.renderer, settings.power_top_logprobs)
         self.services, self._models = services, models
         self._chat, self._completions = chat, completions
+        self._responses = ResponsesServing(chat, self.stored_responses)
+        self._tokenize = TokenizeServing(chat.renderer, models)
 
     def wake(self) -> None:
         """New offline work, or a cancel: the workers look now."""
@@ -185,6 +204,7 @@ class Gateway:
         await self.local.close()
         await self.gate.close()
         await self.response_store.close()
+        await self.stored_responses.close()
         if self.engine is not None:
             await self.engine.close()
 
@@ -202,6 +222,29 @@ class Gateway:
     async def _answer_line(self, batch: BatchRecord, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
         serving = self.batches.endpoints[batch.endpoint]
         return await serving.answer_line(body, self.owner(batch), priority=self.settings.batch_priority)
+
+
+async def _warm_up(engine: Engine, renderer: PromptRenderer, top_logprobs: int) -> None:
+    """One short generation of each kind the routes make, before the gateway reports ready: an
+    engine's first steps of a kind are slow (the first chat after start took 20.9 s, the next
+    0.55 s), and the first user should not pay for them. A kind the model cannot do (JSON on a
+    model of four tokens) is logged and skipped: its requests will say why."""
+    began = time.monotonic()
+    prompt = renderer.encode_text("Hello")
+    kinds = {
+        "plain and power": SamplingOptions(
+            max_tokens=2, top_logprobs=min(top_logprobs, engine.info.vocab_size)
+        ),
+        "structured": SamplingOptions(max_tokens=2, constraint=Constraint("json_object")),
+        **{name: SamplingOptions(max_tokens=2, adapter=name) for name in engine.info.adapters},
+    }
+    for kind, options in kinds.items():
+        try:
+            await engine.complete(prompt, options)
+        except PowerserveError as exc:
+            logger.warning("warming up %s requests failed: %s", kind, exc)
+    await engine.score(prompt, 1)  # the distilled route's rescoring pass
+    logger.info("engine warmed up in %.1f s (%s)", time.monotonic() - began, ", ".join(kinds))
 
 
 def _started(serving: T | None) -> T:

@@ -5,6 +5,10 @@ Requests accept and ignore fields they do not know (OpenAI clients send many) an
 they do, so that a bad value is a 400 naming the parameter rather than an engine error. Each request
 converts itself into the neutral ``GenerationRequest`` (``to_generation``).
 
+Fields that would change the answer are honoured or refused, never dropped: the ones this server
+does not support (legacy ``functions``, vLLM's sampling extras such as ``top_k``, ...) are a 400
+naming them unless they hold their neutral value, and unknown fields are logged once by name.
+
 Extensions beside the OpenAI fields: the power route's parameters (``power_method``,
 ``power_particles``, ``power_alpha``, ``mcmc_steps``, ``block_size``, ``power_stream_lag``;
 ``extra_body`` in the OpenAI SDK), and in responses a ``self_reward`` object on every route and a
@@ -13,9 +17,13 @@ Extensions beside the OpenAI fields: the power route's parameters (``power_metho
 
 from __future__ import annotations
 
+import json
+import logging
+import threading
 import time
 import uuid
-from typing import Annotated, Any, Literal
+from collections.abc import Mapping
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import (
     AfterValidator,
@@ -25,27 +33,42 @@ from pydantic import (
     ValidationError,
     ValidationInfo,
     field_validator,
+    model_validator,
 )
 
+from service.engines.base import Constraint
 from service.errors import InvalidRequestError
 from service.generation import GenerationRequest
 from service.jobs import BATCH_ENDPOINTS, COMPLETION_WINDOWS, Hyperparameters
 from service.pipeline import CacheControl
 
 __all__ = [
+    "AnswerFormat",
     "BatchCreateRequest",
     "CacheFields",
+    "CalledFunction",
     "ChatCompletionRequest",
     "ChatMessage",
+    "ChatTool",
+    "CheckedRequest",
     "CompletionRequest",
     "ErrorInfo",
     "ErrorResponse",
     "ExpiresAfter",
     "FineTuningJobRequest",
+    "FunctionDefinition",
+    "JsonObjectFormat",
+    "JsonSchemaFormat",
+    "JsonSchemaSpec",
     "ModelCard",
     "ModelList",
+    "NamedFunction",
+    "NamedToolChoice",
+    "RequestModel",
     "StreamOptions",
+    "TextFormat",
     "TextPart",
+    "ToolCall",
     "Usage",
     "new_id",
     "now",
@@ -60,16 +83,97 @@ def now() -> int:
     return int(time.time())
 
 
-class _Request(BaseModel):
+logger = logging.getLogger(__name__)
+
+
+class RequestModel(BaseModel):
     # Unknown fields are accepted and ignored, as OpenAI's own API does for forward compatibility.
     model_config = ConfigDict(extra="ignore")
 
 
-class StreamOptions(_Request):
+# Fields some clients send that would change the answer and that this server does not honour, with
+# the values that change nothing (which are accepted): anything else is a 400 naming the field.
+_UNSUPPORTED: dict[str, tuple[str, tuple[Any, ...]]] = {
+    "functions": ("use `tools`", (None,)),
+    "function_call": ("use `tool_choice`", (None,)),
+    "audio": ("audio output is not supported", (None,)),
+    "modalities": ("only text output is supported", (None, ["text"])),
+    "prediction": ("predicted outputs are not supported", (None,)),
+    "web_search_options": ("web search is not supported", (None,)),
+    "top_k": ("", (None, 0, -1)),
+    "min_p": ("", (None, 0)),
+    "repetition_penalty": ("", (None, 1)),
+    "length_penalty": ("", (None, 1)),
+    "use_beam_search": ("beam search is not supported", (None, False)),
+    "min_tokens": ("", (None, 0)),
+    "ignore_eos": ("", (None, False)),
+    "bad_words": ("", (None, [])),
+    "allowed_token_ids": ("", (None,)),
+    "prompt_logprobs": ("", (None,)),
+    "include_stop_str_in_output": ("stop strings are never included in the output", (None, False)),
+    "structured_outputs": ("use `response_format`", (None,)),
+    "guided_json": ("use `response_format`", (None,)),
+    "guided_regex": ("use `response_format`", (None,)),
+    "guided_choice": ("use `response_format`", (None,)),
+    "guided_grammar": ("use `response_format`", (None,)),
+    "chat_template": ("the model's own chat template is always used", (None,)),
+    "chat_template_kwargs": ("the model's own chat template is always used", (None, {})),
+    "add_generation_prompt": ("the assistant's turn is always started", (None, True)),
+    "continue_final_message": ("a final assistant message is never continued", (None, False)),
+    "documents": ("", (None,)),
+    "truncate_prompt_tokens": ("prompts are never truncated", (None,)),
+    "moderation": ("no moderation is run", (None,)),
+    "verbosity": ("", (None, "medium")),
+}
+
+# Unknown field names already logged (bounded: a client may send any number of names).
+_LOGGED_UNKNOWN: set[str] = set()
+_LOGGED_UNKNOWN_MAX = 256
+_LOGGED_LOCK = threading.Lock()
+
+
+def _log_unknown(names: set[str]) -> None:
+    with _LOGGED_LOCK:
+        new = sorted(name[:64] for name in names - _LOGGED_UNKNOWN)
+        room = _LOGGED_UNKNOWN_MAX - len(_LOGGED_UNKNOWN)
+        new = new[: max(room, 0)]
+        _LOGGED_UNKNOWN.update(new)
+    if new:
+        logger.info("ignoring request fields this server does not know: %s", ", ".join(new))
+
+
+class CheckedRequest(RequestModel):
+    """A request body that refuses the unsupported fields it does not define (``unsupported``: name
+    -> (why, the values that change nothing)) and logs unknown ones."""
+
+    unsupported: ClassVar[Mapping[str, tuple[str, tuple[Any, ...]]]] = _UNSUPPORTED
+
+    @model_validator(mode="before")
+    @classmethod
+    def _refuse_unsupported(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        known = {name for name, field in cls.model_fields.items()} | {
+            field.alias for field in cls.model_fields.values() if field.alias
+        }
+        for name in data.keys() - known:
+            if name in cls.unsupported:
+                why, neutral = cls.unsupported[name]
+                if data[name] not in neutral:
+                    raise InvalidRequestError(
+                        f"`{name}` is not supported by this server{': ' if why else ''}{why}.",
+                        param=name,
+                        code="unsupported_parameter",
+                    )
+        _log_unknown({str(name) for name in data.keys() - known - cls.unsupported.keys()})
+        return data
+
+
+class StreamOptions(RequestModel):
     include_usage: bool = False
 
 
-class CacheFields(_Request):
+class CacheFields(RequestModel):
     """The per-request `cache` object, with LiteLLM's keys."""
 
     model_config = ConfigDict(extra="ignore", populate_by_name=True)
@@ -90,7 +194,46 @@ class CacheFields(_Request):
         )
 
 
-class _SamplingFields(_Request):
+# OpenAI's pattern for function and schema names.
+Name = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")]
+
+
+class TextFormat(RequestModel):
+    type: Literal["text"]
+
+
+class JsonObjectFormat(RequestModel):
+    type: Literal["json_object"]
+
+
+class JsonSchemaSpec(RequestModel):
+    model_config = ConfigDict(extra="ignore", populate_by_name=True)
+    name: Name
+    description: str | None = None
+    # "schema" would shadow BaseModel.schema().
+    json_schema: dict[str, Any] | None = Field(None, alias="schema")
+    strict: bool | None = None
+
+
+class JsonSchemaFormat(RequestModel):
+    type: Literal["json_schema"]
+    json_schema: JsonSchemaSpec
+
+
+AnswerFormat = Annotated[TextFormat | JsonObjectFormat | JsonSchemaFormat, Field(discriminator="type")]
+
+
+def _logit_bias(value: dict[str, float] | None) -> dict[str, float] | None:
+    if value is None:
+        return None
+    if len(value) > 1024:
+        raise ValueError("at most 1024 token ids may be biased")
+    if any(not key.isdigit() or len(key) > 9 for key in value):
+        raise ValueError("keys must be token ids (non-negative integers)")
+    return value
+
+
+class _SamplingFields(CheckedRequest):
     """Fields both endpoints share."""
 
     model: str
@@ -105,6 +248,10 @@ class _SamplingFields(_Request):
     stream: bool = False
     stream_options: StreamOptions | None = None
     user: str | None = None
+    logit_bias: Annotated[
+        dict[str, Annotated[float, Field(ge=-100, le=100)]] | None, AfterValidator(_logit_bias)
+    ] = None
+    response_format: AnswerFormat | None = None
     cache: CacheFields | None = None
     # Power route (extra_body in the OpenAI SDK).
     power_method: Literal["mh", "smc"] | None = None
@@ -131,6 +278,18 @@ class _SamplingFields(_Request):
     def cache_control(self) -> CacheControl:
         return self.cache.to_control() if self.cache is not None else CacheControl()
 
+    def biased_token_ids(self) -> list[int]:
+        return sorted(int(key) for key in self.logit_bias or {})
+
+    def format_constraint(self) -> tuple[Constraint, str] | None:
+        """What ``response_format`` constrains the answer to (JSON, or JSON of a schema)."""
+        fmt = self.response_format
+        if isinstance(fmt, JsonSchemaFormat) and fmt.json_schema.json_schema is not None:
+            return Constraint("json", json.dumps(fmt.json_schema.json_schema)), "response_format"
+        if isinstance(fmt, JsonObjectFormat | JsonSchemaFormat):
+            return Constraint("json_object"), "response_format"
+        return None
+
     def _generation(
         self,
         prompts: list[list[int]],
@@ -138,8 +297,10 @@ class _SamplingFields(_Request):
         max_tokens: int | None,
         logprobs: int | None,
         prompt_param: str,
+        constraint: tuple[Constraint, str] | None = None,
     ) -> GenerationRequest:
         stop = (self.stop,) if isinstance(self.stop, str) else tuple(self.stop or ())
+        bias = tuple(sorted((int(key), value) for key, value in (self.logit_bias or {}).items()))
         return GenerationRequest(
             prompts=tuple(tuple(prompt) for prompt in prompts),
             n=self.n,
@@ -158,6 +319,9 @@ class _SamplingFields(_Request):
             block_size=self.block_size,
             power_stream_lag=self.power_stream_lag,
             prompt_param=prompt_param,
+            constraint=constraint[0] if constraint else None,
+            constraint_param=constraint[1] if constraint else "response_format",
+            logit_bias=bias,
         )
 
 
@@ -203,27 +367,92 @@ class CompletionRequest(_SamplingFields):
 
     def to_generation(self, prompts: list[list[int]]) -> GenerationRequest:
         return self._generation(
-            prompts, max_tokens=self.max_tokens, logprobs=self.logprobs, prompt_param="prompt"
+            prompts,
+            max_tokens=self.max_tokens,
+            logprobs=self.logprobs,
+            prompt_param="prompt",
+            constraint=self.format_constraint(),
         )
 
 
-class TextPart(_Request):
+class TextPart(RequestModel):
     type: Literal["text"]
     text: str
 
 
-class ChatMessage(_Request):
+class CalledFunction(RequestModel):
+    name: Annotated[str, Field(max_length=64)]
+    arguments: Annotated[str, Field(max_length=1 << 20)]
+
+
+class ToolCall(RequestModel):
+    """A tool call of an earlier assistant message, sent back with the conversation."""
+
+    id: Annotated[str, Field(max_length=256)]
+    type: Literal["function"] = "function"
+    function: CalledFunction
+
+
+class ChatMessage(RequestModel):
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[TextPart] | None = None
     name: str | None = None
+    tool_calls: Annotated[list[ToolCall], Field(max_length=128)] | None = None
+    tool_call_id: Annotated[str, Field(max_length=256)] | None = None
 
     def to_template(self) -> dict[str, Any]:
-        """The message as chat templates expect it: role and plain-text content."""
+        """The message as chat templates expect it (Hugging Face's conventions): role, plain-text
+        content, and an assistant's tool calls with their arguments as an object."""
         if isinstance(self.content, list):
             content = "".join(part.text for part in self.content)
         else:
             content = self.content or ""
-        return {"role": "system" if self.role == "developer" else self.role, "content": content}
+        message: dict[str, Any] = {
+            "role": "system" if self.role == "developer" else self.role,
+            "content": content,
+        }
+        if self.tool_calls:
+            message["tool_calls"] = [
+                {
+                    "id": call.id,
+                    "type": "function",
+                    "function": {"name": call.function.name, "arguments": _arguments(call)},
+                }
+                for call in self.tool_calls
+            ]
+        if self.tool_call_id is not None:
+            message["tool_call_id"] = self.tool_call_id
+        return message
+
+
+def _arguments(call: ToolCall) -> Any:
+    """A call's arguments as templates expect them: the object its JSON text holds (the text as is
+    when it is not JSON: a model's malformed call sent back)."""
+    try:
+        return json.loads(call.function.arguments)
+    except (ValueError, RecursionError):
+        return call.function.arguments
+
+
+class FunctionDefinition(RequestModel):
+    name: Name
+    description: Annotated[str, Field(max_length=1 << 16)] | None = None
+    parameters: dict[str, Any] | None = None
+    strict: bool | None = None
+
+
+class ChatTool(RequestModel):
+    type: Literal["function"]
+    function: FunctionDefinition
+
+
+class NamedFunction(RequestModel):
+    name: Name
+
+
+class NamedToolChoice(RequestModel):
+    type: Literal["function"]
+    function: NamedFunction
 
 
 class ChatCompletionRequest(_SamplingFields):
@@ -233,6 +462,41 @@ class ChatCompletionRequest(_SamplingFields):
     max_completion_tokens: Annotated[int, Field(ge=1)] | None = None
     logprobs: bool = False
     top_logprobs: Annotated[int, Field(ge=0, le=20)] | None = None
+    tools: Annotated[list[ChatTool], Field(max_length=128)] | None = None
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
+    parallel_tool_calls: bool | None = None
+
+    @field_validator("tools")
+    @classmethod
+    def _tools(cls, value: list[ChatTool] | None) -> list[ChatTool] | None:
+        names = [tool.function.name for tool in value or []]
+        if len(set(names)) < len(names):
+            raise ValueError("tool names must be unique")
+        return value
+
+    @model_validator(mode="after")
+    def _tool_choice(self) -> ChatCompletionRequest:
+        choice = self.tool_choice
+        names = {tool.function.name for tool in self.tools or []}
+        if isinstance(choice, NamedToolChoice) and choice.function.name not in names:
+            raise InvalidRequestError(
+                f"tool_choice names the function `{choice.function.name}`, which is not in `tools`.",
+                param="tool_choice",
+            )
+        if choice == "required" and not names:
+            raise InvalidRequestError(
+                "tool_choice `required` needs at least one tool in `tools`.", param="tool_choice"
+            )
+        return self
+
+    @property
+    def tool_mode(self) -> Literal["none", "auto", "required", "named"]:
+        """What the answer may be: text only, text or tool calls, tool calls, one named call."""
+        if not self.tools or self.tool_choice == "none":
+            return "none"
+        if isinstance(self.tool_choice, NamedToolChoice):
+            return "named"
+        return self.tool_choice or "auto"
 
     @field_validator("top_logprobs")
     @classmethod
@@ -241,11 +505,19 @@ class ChatCompletionRequest(_SamplingFields):
             raise ValueError("top_logprobs requires logprobs to be true")
         return value
 
-    def to_generation(self, prompt_ids: list[int]) -> GenerationRequest:
+    def to_generation(
+        self, prompt_ids: list[int], constraint: tuple[Constraint, str] | None = None
+    ) -> GenerationRequest:
+        """The generation request; ``constraint``: what the answer must match, and the field that
+        asked for it."""
         max_tokens = self.max_completion_tokens or self.max_tokens
         logprobs = (self.top_logprobs or 0) if self.logprobs else None
         return self._generation(
-            [prompt_ids], max_tokens=max_tokens, logprobs=logprobs, prompt_param="messages"
+            [prompt_ids],
+            max_tokens=max_tokens,
+            logprobs=logprobs,
+            prompt_param="messages",
+            constraint=constraint,
         )
 
 
@@ -278,6 +550,8 @@ class ErrorInfo(BaseModel):
     type: str
     param: str | None = None
     code: str | int | None = None
+    # The x-request-id of the request that failed, to quote when reporting it.
+    request_id: str | None = None
 
 
 class ErrorResponse(BaseModel):
@@ -287,7 +561,7 @@ class ErrorResponse(BaseModel):
 # --- offline work -------------------------------------------------------------------------------
 
 
-class ExpiresAfter(_Request):
+class ExpiresAfter(RequestModel):
     """When an uploaded file expires (OpenAI's bounds: an hour to 30 days after its creation)."""
 
     anchor: Literal["created_at"]
@@ -320,7 +594,7 @@ def _metadata(value: dict[str, str]) -> dict[str, str]:
 Metadata = Annotated[dict[str, Annotated[str, Field(max_length=512)]], AfterValidator(_metadata)]
 
 
-class BatchCreateRequest(_Request):
+class BatchCreateRequest(RequestModel):
     input_file_id: str
     endpoint: str
     completion_window: str
@@ -341,7 +615,7 @@ class BatchCreateRequest(_Request):
         return value
 
 
-class FineTuningJobRequest(_Request):
+class FineTuningJobRequest(RequestModel):
     model: str
     training_file: str
     hyperparameters: Hyperparameters = Field(default_factory=Hyperparameters)

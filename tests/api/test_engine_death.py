@@ -40,5 +40,5 @@ def test_dead_engine_gives_503(doomed_service) -> None:
     began = time.monotonic()
     response = httpx.post(f"{url}/v1/completions", json=body, timeout=30)
     assert response.status_code == 503, response.text
-    assert set(response.json()["error"]) == {"message", "type", "param", "code"}
+    assert set(response.json()["error"]) == {"message", "type", "param", "code", "request_id"}
     assert time.monotonic() - began < 10

@@ -14,7 +14,8 @@ MODEL = TINY_MODEL_NAME
 def assert_openai_error(response: httpx.Response, status: int, *, param: str | None = None) -> dict:
     assert response.status_code == status, response.text
     error = response.json()["error"]
-    assert set(error) == {"message", "type", "param", "code"}
+    assert set(error) == {"message", "type", "param", "code", "request_id"}
+    assert error["request_id"] == response.headers["x-request-id"]
     assert error["message"]
     if param is not None:
         assert error["param"] == param

@@ -49,6 +49,19 @@ def test_any_64_bit_seed_is_accepted_and_no_other(tiny_service: ServiceProcess) 
         assert_openai_error(_post(tiny_service, "/completions", body), 400, param="seed")
 
 
+def test_more_alternatives_than_the_vocabulary_leave_the_engine_alive(
+    tiny_service: ServiceProcess,
+) -> None:
+    """The tiny model has 4 tokens; 20 alternatives per token (the API's bound) once killed vLLM's
+    engine core (top-k out of range). They are capped at the vocabulary."""
+    body = {"model": TINY_MODEL_NAME, "prompt": [[0, 1]], "max_tokens": 2, "logprobs": 20}
+    response = _post(tiny_service, "/completions", body)
+    assert response.status_code == 200, response.text
+    alternatives = response.json()["choices"][0]["logprobs"]["top_logprobs"]
+    assert all(len(position) <= 4 for position in alternatives)
+    assert tiny_service.http.get(f"{tiny_service.url}/health").status_code == 200
+
+
 def test_deeply_nested_body_is_400(tiny_service: ServiceProcess) -> None:
     depth = 100_000
     raw = b'{"model": "tiny", "prompt": ' + b"[" * depth + b"]" * depth + b"}"

@@ -44,7 +44,7 @@ def test_fuzzed_requests_get_no_5xx_and_openai_shaped_4xx(
         "run",
         f"{fuzzed_service.url}/openapi.json",
         "--include-path-regex",
-        "^/v1/(chat/completions|completions|models|files|batches|fine_tuning)",
+        "^/(v1/(chat/completions|completions|responses|models|files|batches|fine_tuning)|tokenize|detokenize)",
         "--header",
         "Authorization: Bearer sk-fuzz",
         "--phases",

@@ -140,7 +140,7 @@ def test_a_body_over_the_cap_gets_413_before_it_is_parsed(keyed_service: Service
         f"{keyed_service.base_url}/completions", content=chunks(), headers=auth("sk-alice"), timeout=30
     )
     assert response.status_code == 413
-    assert set(response.json()["error"]) == {"message", "type", "param", "code"}
+    assert set(response.json()["error"]) == {"message", "type", "param", "code", "request_id"}
     assert keyed_service.metric("powerserve_rejections_total", reason="body_too_large") >= 2
 
 

@@ -187,5 +187,5 @@ def test_no_healthy_worker_is_a_prompt_503(stack: Stack) -> None:
     response = completion(stack, model=POWER, mcmc_steps=2)
     assert response.status_code == 503
     assert int(response.headers["retry-after"]) >= 1
-    assert set(response.json()["error"]) == {"message", "type", "param", "code"}
+    assert set(response.json()["error"]) == {"message", "type", "param", "code", "request_id"}
     assert time.monotonic() - began < 5

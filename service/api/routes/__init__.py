@@ -11,10 +11,23 @@ from service.api.routes import (
     health,
     metrics,
     models,
+    responses,
+    tokenize,
 )
 
 api_router = APIRouter()
-for module in (health, metrics, models, completions, chat, files, batches, fine_tuning):
+for module in (
+    health,
+    metrics,
+    models,
+    tokenize,
+    completions,
+    chat,
+    responses,
+    files,
+    batches,
+    fine_tuning,
+):
     api_router.include_router(module.router)
 
 __all__ = ["api_router"]

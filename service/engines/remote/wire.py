@@ -16,7 +16,7 @@ from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from service.engines.base import Generated, SamplingOptions
+from service.engines.base import Generated, SamplingOptions, structured_outputs_fields
 
 __all__ = [
     "client_message",
@@ -56,7 +56,17 @@ def completion_body(
         "return_token_ids": True,
         "skip_special_tokens": True,
         "stream": stream,
-    }
+    } | _constraints(options)
+
+
+def _constraints(options: SamplingOptions) -> dict[str, Any]:
+    """Structured outputs and logit bias, in the fields a ``vllm serve`` worker reads."""
+    fields: dict[str, Any] = {}
+    if options.constraint is not None:
+        fields["structured_outputs"] = structured_outputs_fields(options.constraint)
+    if options.logit_bias:
+        fields["logit_bias"] = {str(token): bias for token, bias in options.logit_bias}
+    return fields
 
 
 def score_body(token_ids: Sequence[int], *, model: str) -> dict[str, Any]:

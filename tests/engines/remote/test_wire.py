@@ -8,7 +8,7 @@ import json
 import pytest
 from prometheus_client import CollectorRegistry, Counter, generate_latest
 
-from service.engines.base import Generated, SamplingOptions
+from service.engines.base import Constraint, Generated, SamplingOptions
 from service.engines.remote import wire
 
 
@@ -42,6 +42,24 @@ def test_completion_body_sets_every_sampling_parameter() -> None:
         ]
         is None
     )
+
+
+@pytest.mark.parametrize(
+    ("constraint", "fields"),
+    [
+        (Constraint("json", '{"type": "object"}'), {"json": '{"type": "object"}'}),
+        (Constraint("json_object"), {"json_object": True}),
+        (Constraint("regex", "[ab]+"), {"regex": "[ab]+"}),
+        (Constraint("choice", '["a", "b"]'), {"choice": ["a", "b"]}),
+    ],
+)
+def test_constraints_and_logit_bias_go_in_the_fields_workers_read(
+    constraint: Constraint, fields: dict[str, object]
+) -> None:
+    options = SamplingOptions(max_tokens=4, constraint=constraint, logit_bias=((3, -100.0), (7, 5.0)))
+    body = wire.completion_body([0], options, model="m", max_tokens=4, stream=False)
+    assert body["structured_outputs"] == fields
+    assert body["logit_bias"] == {"3": -100.0, "7": 5.0}
 
 
 def test_a_completion_becomes_generated_with_raw_logprobs_by_token_id() -> None:
