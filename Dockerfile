@@ -10,8 +10,12 @@
 # POWERSERVE_CACHE_DIR=/var/cache/powerserve. Mount a volume there (compose's model-init does), or
 # set POWERSERVE_MODEL to a mounted model directory.
 #
+# The job state (uploaded files, batches, fine-tuning jobs: SQLite and files) has a place of its own,
+# POWERSERVE_STATE_DIR=/var/lib/powerserve/state, apart from the model volume, which the deployments
+# mount read-only. Mount a volume at /var/lib/powerserve to keep it across containers.
+#
 #   docker build -t powerserve-gateway .
-#   docker run --rm -p 127.0.0.1:8000:8000 -v powerserve-models:/var/cache/powerserve powerserve-gateway
+#   docker run --rm -p 127.0.0.1:8000:8000 -v powerserve-models:/var/cache/powerserve -v powerserve-state:/var/lib/powerserve powerserve-gateway
 
 FROM python:3.11-slim-bookworm AS build
 
@@ -43,10 +47,11 @@ RUN apt-get update \
     && apt-get install -y --no-install-recommends libnuma1 \
     && rm -rf /var/lib/apt/lists/*
 
-# The cache directory belongs to the service user, so that a fresh named volume mounted there
-# inherits that ownership and `powerserve prepare-model` can write to it.
+# The cache and state directories belong to the service user, so that a fresh named volume mounted
+# on either inherits that ownership: `powerserve prepare-model` writes the model into the first, the
+# gateway its job state into the second (the model volume is mounted read-only there).
 RUN useradd --create-home --uid 10001 --user-group powerserve \
-    && install -d -o powerserve -g powerserve /var/cache/powerserve
+    && install -d -o powerserve -g powerserve /var/cache/powerserve /var/lib/powerserve
 
 COPY --from=build /opt/venv /opt/venv
 
@@ -55,6 +60,7 @@ ENV PATH=/opt/venv/bin:$PATH \
     HOST=0.0.0.0 \
     PORT=8000 \
     POWERSERVE_CACHE_DIR=/var/cache/powerserve \
+    POWERSERVE_STATE_DIR=/var/lib/powerserve/state \
     HF_HUB_OFFLINE=1 \
     TRANSFORMERS_OFFLINE=1 \
     VLLM_NO_USAGE_STATS=1 \
