@@ -20,6 +20,7 @@ __all__ = [
     "default_model_dir",
     "ensure_default_model",
     "eos_token_ids",
+    "is_default_model",
     "model_revision",
     "position_limit",
 ]
@@ -33,6 +34,12 @@ _READY = ".powerserve-ready"
 
 def default_model_dir(cache_dir: Path) -> Path:
     return Path(cache_dir) / "models" / _DIR_NAME
+
+
+def is_default_model(model_dir: Path) -> bool:
+    """Whether ``model_dir`` holds the embedded default model as prepare-model made it, wherever it
+    was mounted (a deployment names it by path: the workers' --model)."""
+    return (Path(model_dir) / _READY).exists()
 
 
 # The project's own power-self-distilled adapter for the default model (see README: reproducing it).

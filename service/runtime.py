@@ -24,6 +24,7 @@ from service.generation import GenerationRequest, GenerationResult
 from service.model_store import (
     DEFAULT_ADAPTER_DIR,
     ensure_default_model,
+    is_default_model,
     model_revision,
     position_limit,
 )
@@ -71,10 +72,12 @@ def resolve_model_dir(settings: Settings) -> Path:
 
 
 def resolve_adapter(settings: Settings) -> Path | None:
-    """The distilled adapter: as configured, else the one shipped for the embedded default model."""
+    """The distilled adapter: as configured, else the one shipped for the embedded default model,
+    whether it is served by default or named by its path (as deployments name it to workers)."""
     if settings.distilled_adapter is not None:
         return settings.distilled_adapter
-    if settings.model is None and (DEFAULT_ADAPTER_DIR / "adapter_config.json").exists():
+    default = settings.model is None or is_default_model(settings.model)
+    if default and (DEFAULT_ADAPTER_DIR / "adapter_config.json").exists():
         return DEFAULT_ADAPTER_DIR
     return None
 

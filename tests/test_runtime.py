@@ -125,6 +125,10 @@ def test_resolve_adapter(model_dir: Path, adapter: Path) -> None:
     assert resolve_adapter(Settings(distilled_adapter=adapter)) == adapter
     shipped = (DEFAULT_ADAPTER_DIR / "adapter_config.json").exists()
     assert resolve_adapter(Settings()) == (DEFAULT_ADAPTER_DIR if shipped else None)
+    # The embedded default named by its path (the workers' --model in compose and k8s) is still
+    # the default: it gets the shipped adapter.
+    (model_dir / ".powerserve-ready").touch()
+    assert resolve_adapter(Settings(model=model_dir)) == (DEFAULT_ADAPTER_DIR if shipped else None)
     assert engine_adapters(Settings(model=model_dir, distilled_adapter=adapter)) == {
         DISTILLED_ADAPTER: adapter
     }

@@ -75,15 +75,15 @@ __all__ = [
 ]
 
 
+logger = logging.getLogger(__name__)
+
+
 def new_id(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex}"
 
 
 def now() -> int:
     return int(time.time())
-
-
-logger = logging.getLogger(__name__)
 
 
 class RequestModel(BaseModel):
@@ -133,8 +133,9 @@ _LOGGED_LOCK = threading.Lock()
 
 
 def _log_unknown(names: set[str]) -> None:
+    names = {name[:64] for name in names}
     with _LOGGED_LOCK:
-        new = sorted(name[:64] for name in names - _LOGGED_UNKNOWN)
+        new = sorted(names - _LOGGED_UNKNOWN)
         room = _LOGGED_UNKNOWN_MAX - len(_LOGGED_UNKNOWN)
         new = new[: max(room, 0)]
         _LOGGED_UNKNOWN.update(new)
@@ -153,9 +154,7 @@ class CheckedRequest(RequestModel):
     def _refuse_unsupported(cls, data: Any) -> Any:
         if not isinstance(data, dict):
             return data
-        known = {name for name, field in cls.model_fields.items()} | {
-            field.alias for field in cls.model_fields.values() if field.alias
-        }
+        known = set(cls.model_fields) | {f.alias for f in cls.model_fields.values() if f.alias}
         for name in data.keys() - known:
             if name in cls.unsupported:
                 why, neutral = cls.unsupported[name]

@@ -2,8 +2,9 @@
 
 The schema tests (test_deploy_files.py) cannot see that a layout is wrong at run time: a gateway
 whose job state lands in the read-only model volume passes every schema and dies at start-up. Here
-the gateway of docker-compose.yml and the one of deploy/k8s (the Deployment powerserve-gateway) run
-as laid out, each on this machine in a private mount namespace (``unshare``):
+the gateways of docker-compose.yml (its gpu and cpu profiles) and the one of deploy/k8s (the
+Deployment powerserve-gateway) run as laid out, each on this machine in a private mount namespace
+(``unshare``):
 
 - mounts: each volume mount of the gateway (its target path, read-only or not) is a temporary
   directory bind-mounted at that target, remounted read-only where the file says so. The ``models``
@@ -17,9 +18,11 @@ as laid out, each on this machine in a private mount namespace (``unshare``):
   virtual environment, in a working directory of its own (the image's WORKDIR: no ``.env`` of the
   repository is read).
 
-Workers: both layouts point POWERSERVE_WORKERS at worker host names. Here one ``powerserve worker`` on
-loopback serves the tiny model under the name the layouts give (POWERSERVE_MODEL_NAME), and both
-gateways drive it, so that each runs in remote mode as deployed (the gateway loads no engine itself).
+Workers: the compose gpu profile and k8s point POWERSERVE_WORKERS at worker host names. Here one
+``powerserve worker`` on loopback serves the tiny model under the name the layouts give
+(POWERSERVE_MODEL_NAME), and both gateways drive it, so that each runs in remote mode as deployed
+(the gateway loads no engine itself). The compose cpu profile's gateway has no workers: its engine
+runs in process, sized for the tiny model.
 
 Each layout's gateway must become healthy and answer a chat completion, a power completion and a
 file upload, and the job state must land on the writable state mount, nothing on a read-only one.
@@ -68,12 +71,13 @@ from tests.deploy.test_deploy_files import (
 )
 
 DOCKERFILE = ROOT / "Dockerfile"
-GATEWAY_SERVICE = "gateway"  # in docker-compose.yml
+# In docker-compose.yml: the gpu profile's gateway (in front of workers), the cpu profile's (alone).
+COMPOSE_GATEWAYS = {"compose": "gateway", "compose-cpu": "gateway-cpu"}
 GATEWAY_DEPLOYMENT = "powerserve-gateway"  # in deploy/k8s/gateway.yaml
 GATEWAY_CONTAINER = "gateway"
 MODELS_VOLUME = "models"  # the volume model-init (or the init container) prepares the model into
 STATE_ENV = "POWERSERVE_STATE_DIR"
-LAYOUTS = ["compose", "k8s"]
+LAYOUTS = ["compose", "compose-cpu", "k8s"]
 
 # The tiny model's worker loads in about 30 s on two cores and a remote-mode gateway answers /health
 # a few seconds after it starts (tests/stack's logs); the limits leave room for a loaded machine.
@@ -187,10 +191,10 @@ def _compose_mounts(service: dict[str, Any]) -> tuple[Mount, ...]:
     return tuple(mounts)
 
 
-def compose_layout() -> Layout:
-    service = load_yaml(COMPOSE_FILE)["services"][GATEWAY_SERVICE]
+def compose_layout(name: str = "compose") -> Layout:
+    service = load_yaml(COMPOSE_FILE)["services"][COMPOSE_GATEWAYS[name]]
     environment = dockerfile_environment() | _compose_environment(service)
-    return Layout("compose", _compose_mounts(service), environment)
+    return Layout(name, _compose_mounts(service), environment)
 
 
 def _k8s_environment(container: dict[str, Any]) -> dict[str, str]:
@@ -225,7 +229,7 @@ def k8s_layout() -> Layout:
 
 
 def layout(name: str) -> Layout:
-    return {"compose": compose_layout, "k8s": k8s_layout}[name]()
+    return k8s_layout() if name == "k8s" else compose_layout(name)
 
 
 def served_model_name() -> str:
@@ -270,9 +274,10 @@ def test_writable_mounts_are_owned_by_the_service_user() -> None:
         for command in re.findall(r"install -d -o powerserve -g powerserve ([^&]+)", instruction)
         for path in command.split()
     }
-    for mount in compose_layout().mounts:
-        if mount.kind == "volume" and not mount.read_only:
-            assert mount.target in owned, f"the Dockerfile does not create {mount.target}"
+    for name in COMPOSE_GATEWAYS:
+        for mount in compose_layout(name).mounts:
+            if mount.kind == "volume" and not mount.read_only:
+                assert mount.target in owned, f"the Dockerfile does not create {mount.target}"
     user = re.findall(r"^USER (\S+)", stage, flags=re.MULTILINE)[-1]
     assert user == "10001:10001"
     pod = dict(pod_specs())[GATEWAY_DEPLOYMENT]["spec"]
@@ -400,6 +405,8 @@ def adapted(
     # one loopback worker of the test.
     if "POWERSERVE_WORKERS" in environment:
         environment["POWERSERVE_WORKERS"] = worker_url
+    else:  # the engine in process (the cpu profile): sized for the tiny model, as the worker is
+        environment |= {"POWERSERVE_MAX_MODEL_LEN": "64", "POWERSERVE_KV_CACHE_GIB": "1"}
     # The response cache's Redis and the jobs Redis (k8s) become the test session's Redis (each URL
     # keeps its database number).
     for name in ("REDIS_URL", "POWERSERVE_JOBS_REDIS_URL"):

@@ -247,6 +247,20 @@ def test_gateway_waits_for_the_model_the_cache_and_every_worker() -> None:
     assert {"model-init", "redis", *worker_services()} <= depends_on
 
 
+def test_the_cpu_profile_serves_alone_and_the_gpu_profile_with_workers() -> None:
+    """`docker compose --profile cpu up` starts the gateway with its engine in process (the image's
+    CPU build) and nothing that reserves a GPU; `--profile gpu` the gateway in front of the workers.
+    Both gateways have the same settings but the workers, and Prometheus finds either as gateway."""
+    cpu, gpu = services()["gateway-cpu"], services()["gateway"]
+    assert (cpu["profiles"], gpu["profiles"]) == (["cpu"], ["gpu"])
+    assert all(services()[name]["profiles"] == ["gpu"] for name in worker_services())
+    gpu_settings = {k: v for k, v in gpu["environment"].items() if k != "POWERSERVE_WORKERS"}
+    assert cpu["environment"] == gpu_settings
+    assert set(cpu["depends_on"]) == {"model-init", "redis"}
+    assert "gateway" in cpu["networks"]["default"]["aliases"]
+    assert (cpu["volumes"], cpu["ports"], cpu["image"]) == (gpu["volumes"], gpu["ports"], gpu["image"])
+
+
 def test_each_worker_reserves_its_own_gpu() -> None:
     """One NVIDIA GPU per worker, and with no GPU variables set, two workers never share one."""
     assigned: list[str] = []
@@ -289,6 +303,15 @@ def test_prometheus_config_passes_promtool() -> None:
     if promtool is None:
         pytest.skip("promtool comes with the prometheus package (make system-deps)")
     result = run(promtool, "check", "config", str(PROMETHEUS_CONFIG))
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_alert_rules_fire_on_what_pages_and_stay_silent_otherwise() -> None:
+    """deploy/prometheus/alerts.test.yml: each alert on synthetic series (promtool's rule tests)."""
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        pytest.skip("promtool comes with the prometheus package (make system-deps)")
+    result = run(promtool, "test", "rules", str(PROMETHEUS_CONFIG.with_name("alerts.test.yml")))
     assert result.returncode == 0, result.stdout + result.stderr
 
 
@@ -420,20 +443,37 @@ def test_dashboard_is_provisionable() -> None:
     assert len(ids) == len(set(ids))
 
 
-def test_every_panel_queries_the_provisioned_prometheus() -> None:
+# The dashboard's variables: the Prometheus to read (any, not only the compose one's uid), and
+# which models and instances to show (regex label matchers; "All" is ".*").
+VARIABLES = {"datasource", "model", "instance"}
+
+
+def test_every_panel_queries_the_chosen_prometheus() -> None:
     assert graph_panels()
+    variables = {v["name"]: v for v in dashboard()["templating"]["list"]}
+    assert set(variables) == VARIABLES
+    assert (variables["datasource"]["type"], variables["datasource"]["query"]) == (
+        "datasource",
+        "prometheus",
+    )
+    for name in ("model", "instance"):
+        assert variables[name]["includeAll"] and variables[name]["allValue"] == ".*", name
     for panel in graph_panels():
-        assert panel["datasource"]["uid"] == "prometheus", panel["title"]
+        assert panel["datasource"]["uid"] == "${datasource}", panel["title"]
         assert panel["targets"], panel["title"]
         for target in panel["targets"]:
             assert target["expr"].strip(), panel["title"]
-            assert target.get("datasource", panel["datasource"])["uid"] == "prometheus"
+            assert target.get("datasource", panel["datasource"])["uid"] == "${datasource}"
 
 
-def test_queries_are_plain_promql() -> None:
-    """No Grafana variables ($__rate_interval, $route): each expression runs in Prometheus as is."""
+def test_queries_use_only_the_dashboards_variables_as_regex_matchers() -> None:
+    """Each expression runs in Prometheus once its variables are replaced (no $__rate_interval or
+    other Grafana-only syntax), and filters every series by instance."""
     for expr in dashboard_exprs():
-        assert "$" not in expr, expr
+        used = set(re.findall(r"\$(\w+)", expr))
+        assert used <= VARIABLES - {"datasource"}, expr
+        assert re.sub(r'=~"\$(model|instance)"', "", expr).count("$") == 0, expr
+        assert all('instance=~"$instance"' in m for m in re.findall(r"\{[^}]*\}", expr)), expr
 
 
 def test_dashboard_reads_only_metrics_that_exist() -> None:
