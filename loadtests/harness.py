@@ -26,6 +26,7 @@ __all__ = [
     "ServiceProcess",
     "free_port",
     "rss_mib",
+    "stop_process_group",
     "wait_for_http",
 ]
 
@@ -128,17 +129,23 @@ class ServiceProcess:
         return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait(timeout=10)
+        stop_process_group(self.process)
         self.http.close()
         self._log.close()
+
+
+def stop_process_group(process: subprocess.Popen) -> None:
+    """SIGTERM to a process started with ``start_new_session`` and its children (a vLLM engine
+    core), SIGKILL after 30 s."""
+    if process.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+            process.wait(timeout=10)
 
 
 class RedisProcess:

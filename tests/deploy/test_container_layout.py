@@ -44,7 +44,6 @@ import os
 import re
 import shlex
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -59,7 +58,7 @@ import openai
 import pytest
 import redis
 
-from loadtests.harness import LOOPBACK, RedisProcess, ServiceProcess, free_port
+from loadtests.harness import LOOPBACK, RedisProcess, ServiceProcess, free_port, stop_process_group
 from tests.conftest import tiny_engine_args
 from tests.deploy.test_deploy_files import (
     COMPOSE_FILE,
@@ -473,15 +472,7 @@ class GatewayInNamespace:
         return self.process.poll(), healthy
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait(timeout=10)
+        stop_process_group(self.process)
         for directory in self.created:  # the empty mount points mkdir -p made on this machine
             with contextlib.suppress(OSError):
                 directory.rmdir()
