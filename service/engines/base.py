@@ -18,7 +18,7 @@ import json
 import uuid
 from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -227,6 +227,12 @@ class Engine(abc.ABC):
         answers under the base model, so that their self-reward compares with the other routes',
         whose sampled log-probs already are the base model's.
         """
+
+    def within_vocabulary(self, options: SamplingOptions) -> SamplingOptions:
+        """``options`` asking for at most as many alternatives per token as the vocabulary has:
+        more kill vLLM's engine core (top-k out of range). ``generate`` applies it."""
+        k = min(options.top_logprobs, self.info.vocab_size)
+        return options if k == options.top_logprobs else replace(options, top_logprobs=k)
 
     def num_running_requests(self) -> int:
         """Requests the engine holds now (queued or running); for metrics and tests."""

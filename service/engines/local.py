@@ -168,6 +168,7 @@ class LocalEngine(Engine):
         from vllm.sampling_params import RequestOutputKind
 
         await self.check_health()
+        options = self.within_vocabulary(options)
         params = SamplingParams(
             n=1,
             structured_outputs=_structured_outputs(options.constraint),

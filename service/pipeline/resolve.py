@@ -122,8 +122,7 @@ def resolve(
         presence_penalty=request.presence_penalty,
         frequency_penalty=request.frequency_penalty,
         stop=request.stop,
-        # More alternatives than the vocabulary has would kill vLLM's engine (top-k out of range).
-        top_logprobs=min(request.logprobs or 0, info.vocab_size),
+        top_logprobs=request.logprobs or 0,
         adapter=route.adapter,
         constraint=request.constraint,
         logit_bias=request.logit_bias,

@@ -232,9 +232,7 @@ async def _warm_up(engine: Engine, renderer: PromptRenderer, top_logprobs: int) 
     began = time.monotonic()
     prompt = renderer.encode_text("Hello")
     kinds = {
-        "plain and power": SamplingOptions(
-            max_tokens=2, top_logprobs=min(top_logprobs, engine.info.vocab_size)
-        ),
+        "plain and power": SamplingOptions(max_tokens=2, top_logprobs=top_logprobs),
         "structured": SamplingOptions(max_tokens=2, constraint=Constraint("json_object")),
         **{name: SamplingOptions(max_tokens=2, adapter=name) for name in engine.info.adapters},
     }

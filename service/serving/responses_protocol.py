@@ -18,7 +18,13 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Discriminator, Field, Tag, field_validator
 
-from service.serving.protocol import CheckedRequest, Metadata, RequestModel
+from service.serving.protocol import (
+    CheckedRequest,
+    JsonObjectFormat,
+    Metadata,
+    RequestModel,
+    TextFormat,
+)
 
 __all__ = [
     "MAX_INPUT_ITEMS",
@@ -120,14 +126,6 @@ class ToolChoiceFunction(RequestModel):
     name: str
 
 
-class _TextFormatText(RequestModel):
-    type: Literal["text"]
-
-
-class _TextFormatJsonObject(RequestModel):
-    type: Literal["json_object"]
-
-
 class _TextFormatJsonSchema(RequestModel):
     type: Literal["json_schema"]
     name: str
@@ -139,8 +137,8 @@ class _TextFormatJsonSchema(RequestModel):
 
 class TextConfig(RequestModel):
     format: Annotated[
-        _TextFormatText | _TextFormatJsonObject | _TextFormatJsonSchema, Field(discriminator="type")
-    ] = Field(default_factory=lambda: _TextFormatText(type="text"))
+        TextFormat | JsonObjectFormat | _TextFormatJsonSchema, Field(discriminator="type")
+    ] = Field(default_factory=lambda: TextFormat(type="text"))
 
     def to_json(self) -> dict[str, Any]:
         """As a Response echoes it (``schema`` by its name)."""
@@ -160,7 +158,7 @@ class TextConfig(RequestModel):
                 "type": "json_schema",
                 "json_schema": {key: value for key, value in schema.items() if value is not None},
             }
-        if isinstance(fmt, _TextFormatJsonObject):
+        if isinstance(fmt, JsonObjectFormat):
             return {"type": "json_object"}
         return None
 

@@ -58,7 +58,14 @@ import openai
 import pytest
 import redis
 
-from loadtests.harness import LOOPBACK, RedisProcess, ServiceProcess, free_port, stop_process_group
+from loadtests.harness import (
+    LOOPBACK,
+    RedisProcess,
+    ServiceProcess,
+    free_port,
+    stop_process_group,
+    wait_for_http,
+)
 from tests.conftest import tiny_engine_args
 from tests.deploy.test_deploy_files import (
     COMPOSE_FILE,
@@ -447,18 +454,10 @@ class GatewayInNamespace:
         return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
 
     def wait_healthy(self, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                pytest.fail(
-                    f"the gateway exited with {self.process.returncode} before it was healthy:\n"
-                    + self.log_tail()
-                )
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"{self.url}/health", timeout=2).status_code == 200:
-                    return
-            time.sleep(0.5)
-        pytest.fail(f"the gateway was not healthy within {timeout} s:\n{self.log_tail()}")
+        try:
+            wait_for_http(f"{self.url}/health", timeout=timeout, alive=self.process)
+        except (RuntimeError, TimeoutError) as exc:
+            pytest.fail(f"{exc}:\n{self.log_tail()}")
 
     def wait_exit(self, timeout: float) -> tuple[int | None, bool]:
         """The exit status (None if it still runs after ``timeout``) and whether /health ever

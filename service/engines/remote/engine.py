@@ -139,6 +139,7 @@ class RemoteEngine(Engine):
         affinity: str | None = None,
     ) -> AsyncIterator[Generated]:
         prompt = list(prompt_ids)
+        options = self.within_vocabulary(options)
         model = self._model(options.adapter)
         produced = Generated()
 
