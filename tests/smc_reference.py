@@ -1,4 +1,5 @@
-"""A pure-Python Power-SMC over a model's exact conditionals: the law the served sampler must follow.
+"""A pure-Python Power-SMC over a model's exact conditionals: the law the served sampler must follow
+(and ``importance_law``, the same for the constrained sampler, one block and no resampling).
 
 ``smc_law`` runs the algorithm of service/power/smc.py (blocks of B tokens, incremental log-weights
 zeta_t, systematic resampling when ESS < threshold * N and more blocks follow, one final particle
@@ -102,3 +103,27 @@ def smc_law(
 
 def _vocab(next_logprobs: Callable[[Answer], torch.Tensor]) -> int:
     return int(next_logprobs(()).shape[0])
+
+
+def importance_law(
+    proposal: dict[Answer, float],
+    target: dict[Answer, float],
+    *,
+    particles: int,
+    runs: int,
+    seed: int = 0,
+) -> dict[Answer, float]:
+    """The empirical law of ``runs`` independent importance samplers (service/power/constrained.py):
+    ``particles`` whole answers drawn from ``proposal``, one of them kept with chance ∝ its weight
+    target / proposal. Both laws are over the same answers, given exactly."""
+    rng = np.random.default_rng(seed)
+    answers = [y for y, p in proposal.items() if p > 0]
+    q = np.array([proposal[y] for y in answers])
+    with np.errstate(divide="ignore"):  # an answer the target gives (numerically) 0 weighs 0
+        log_w = np.log([target.get(y, 0.0) for y in answers]) - np.log(q)
+    drawn = rng.choice(len(answers), size=(runs, particles), p=q / q.sum())
+    w = np.exp(log_w[drawn] - log_w[drawn].max(axis=1, keepdims=True))
+    cum = np.cumsum(w / w.sum(axis=1, keepdims=True), axis=1)
+    pick = (rng.random((runs, 1)) > cum).sum(axis=1).clip(max=particles - 1)
+    counts = Counter(answers[k] for k in drawn[np.arange(runs), pick])
+    return {y: c / runs for y, c in counts.items()}

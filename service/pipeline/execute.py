@@ -105,7 +105,7 @@ class ChoiceGenerator:
         decoder = TextStream(self.renderer)
         final_text, sent_text, sent_tokens = "", 0, 0
         sample: PowerSample | None = None
-        sampler = sampler_for(config.method, self.engine)
+        sampler = sampler_for(config, self.engine)
         stop_at = stops.keep if resolved.stop else None
         async for event in sampler.run(prompt, config, run_id=index, stop_at=stop_at):
             if isinstance(event, PowerSample):

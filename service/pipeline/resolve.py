@@ -131,18 +131,6 @@ def resolve(
 
 
 def _power_config(request: GenerationRequest, settings: Settings, max_tokens: int) -> PowerConfig:
-    if request.constraint is not None:
-        # The engine renormalises a constrained request's log-probs over the allowed tokens; a
-        # sampler built on them would target a locally renormalised law, not p^alpha restricted
-        # to the answers the constraint accepts (DESIGN.md, structured outputs).
-        raise InvalidRequestError(
-            f"`{request.constraint_param}` is not supported on the power route yet: constrained "
-            "power sampling needs the model's unmasked probabilities of the allowed tokens, which "
-            "the engine does not return, and without them the answers would follow a different "
-            "law than p^alpha restricted to the valid answers. Use the plain or distilled route "
-            "for structured outputs and required or named tools.",
-            param=request.constraint_param,
-        )
     if request.logit_bias:
         raise InvalidRequestError(
             "`logit_bias` is not supported on the power route: it would change its target.",
@@ -164,7 +152,17 @@ def _power_config(request: GenerationRequest, settings: Settings, max_tokens: in
     # The maximum-likelihood limit (temperature 0) is a search that only MH does, and a request that
     # sets MH's own parameters without naming a method means MH (clients from before SMC do).
     mh_asked = request.mcmc_steps is not None or request.power_stream_lag is not None
-    method = request.power_method or ("mh" if math.isinf(alpha) or mh_asked else settings.power_method)
+    # A constraint is sampled by smc only, whatever the operator's default.
+    default = "smc" if request.constraint is not None else settings.power_method
+    method = request.power_method or ("mh" if math.isinf(alpha) or mh_asked else default)
+    if request.constraint is not None and method != "smc":
+        # MH regrows suffixes from a cut point, and the engine's grammar cannot resume a prefix.
+        raise InvalidRequestError(
+            f"`{request.constraint_param}` on the power route is sampled by power_method `smc` "
+            "only (MH, and the temperature-0 search that is MH, cannot continue a grammar from "
+            "a cut). Leave power_method, mcmc_steps and power_stream_lag unset, temperature > 0.",
+            param=request.constraint_param,
+        )
     if method == "smc":
         for name in ("mcmc_steps", "power_stream_lag"):
             if getattr(request, name) is not None:
@@ -188,6 +186,7 @@ def _power_config(request: GenerationRequest, settings: Settings, max_tokens: in
             stream_lag=request.power_stream_lag,
             stop=request.stop,
             seed=request.seed,
+            constraint=request.constraint,
         )
     except ValueError as exc:  # PowerConfig names the field first
         field = str(exc).split()[0]

@@ -1,7 +1,9 @@
 """Power sampling: answers from p(y | x) ** alpha on an engine, by suffix Metropolis-Hastings (the
-exact reference, mh.py) or by Power-SMC particles (fast, smc.py), behind one interface."""
+exact reference, mh.py) or by Power-SMC particles (fast, smc.py), and restricted to the answers a
+grammar accepts by importance sampling (constrained.py), behind one interface."""
 
 from service.power.config import POWER_METHODS, PowerConfig, PowerMethod
+from service.power.constrained import ConstrainedPowerSampler
 from service.power.mh import SuffixMHSampler
 from service.power.normaliser import log_normaliser
 from service.power.proposal import StopAt, Trajectory
@@ -12,6 +14,7 @@ from service.power.smc import PowerSMCSampler
 
 __all__ = [
     "POWER_METHODS",
+    "ConstrainedPowerSampler",
     "FinalTokens",
     "PowerConfig",
     "PowerMethod",

@@ -6,6 +6,8 @@ import math
 from dataclasses import dataclass
 from typing import Literal
 
+from service.engines.base import Constraint
+
 __all__ = ["POWER_METHODS", "PowerConfig", "PowerMethod"]
 
 PowerMethod = Literal["mh", "smc"]
@@ -51,6 +53,9 @@ class PowerConfig:
     stream_lag: int | None = None
     # Makes the chain reproducible: cut points, acceptances and every proposal are derived from it.
     seed: int | None = None
+    # What the answer must match: the target becomes p**alpha restricted to the answers the
+    # constraint accepts (constrained.py; smc only: the engine's grammar cannot resume a prefix).
+    constraint: Constraint | None = None
 
     def __post_init__(self) -> None:
         if self.max_tokens < 1:
@@ -73,6 +78,8 @@ class PowerConfig:
             raise ValueError("alpha must be finite with the smc method (its weights vanish at inf)")
         if self.stream_lag is not None and self.method == "smc":
             raise ValueError("stream_lag applies to the mh method only (smc streams exactly)")
+        if self.constraint is not None and self.method != "smc":
+            raise ValueError("constraint needs the smc method (mh regrows suffixes from a cut)")
         if self.stream_lag is not None and self.stream_lag < 0:
             raise ValueError(f"stream_lag must be >= 0, got {self.stream_lag}")
 

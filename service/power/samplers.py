@@ -6,7 +6,8 @@ from collections.abc import AsyncIterator, Sequence
 from typing import Protocol
 
 from service.engines.base import Engine
-from service.power.config import PowerConfig, PowerMethod
+from service.power.config import PowerConfig
+from service.power.constrained import ConstrainedPowerSampler
 from service.power.mh import SuffixMHSampler
 from service.power.proposal import StopAt
 from service.power.sample import FinalTokens, PowerSample
@@ -29,5 +30,8 @@ class Sampler(Protocol):
         ...
 
 
-def sampler_for(method: PowerMethod, engine: Engine) -> Sampler:
-    return SuffixMHSampler(engine) if method == "mh" else PowerSMCSampler(engine)
+def sampler_for(config: PowerConfig, engine: Engine) -> Sampler:
+    """The sampler of ``config``: its method's, or importance sampling under a constraint."""
+    if config.constraint is not None:
+        return ConstrainedPowerSampler(engine)
+    return SuffixMHSampler(engine) if config.method == "mh" else PowerSMCSampler(engine)

@@ -11,8 +11,8 @@ naming them unless they hold their neutral value, and unknown fields are logged 
 
 Extensions beside the OpenAI fields: the power route's parameters (``power_method``,
 ``power_particles``, ``power_alpha``, ``mcmc_steps``, ``block_size``, ``power_stream_lag``;
-``extra_body`` in the OpenAI SDK), and in responses a ``self_reward`` object on every route and a
-``power`` report on the power route.
+``extra_body`` in the OpenAI SDK), vLLM's ``structured_outputs`` (a regex or a choice), and in
+responses a ``self_reward`` object on every route and a ``power`` report on the power route.
 """
 
 from __future__ import annotations
@@ -111,11 +111,10 @@ _UNSUPPORTED: dict[str, tuple[str, tuple[Any, ...]]] = {
     "allowed_token_ids": ("", (None,)),
     "prompt_logprobs": ("", (None,)),
     "include_stop_str_in_output": ("stop strings are never included in the output", (None, False)),
-    "structured_outputs": ("use `response_format`", (None,)),
     "guided_json": ("use `response_format`", (None,)),
-    "guided_regex": ("use `response_format`", (None,)),
-    "guided_choice": ("use `response_format`", (None,)),
-    "guided_grammar": ("use `response_format`", (None,)),
+    "guided_regex": ("use `structured_outputs`", (None,)),
+    "guided_choice": ("use `structured_outputs`", (None,)),
+    "guided_grammar": ("grammars are not supported", (None,)),
     "chat_template": ("the model's own chat template is always used", (None,)),
     "chat_template_kwargs": ("the model's own chat template is always used", (None, {})),
     "add_generation_prompt": ("the assistant's turn is always started", (None, True)),
@@ -222,6 +221,38 @@ class JsonSchemaFormat(RequestModel):
 AnswerFormat = Annotated[TextFormat | JsonObjectFormat | JsonSchemaFormat, Field(discriminator="type")]
 
 
+class StructuredOutputs(CheckedRequest):
+    """vLLM's own ``structured_outputs`` extension, for what ``response_format`` cannot say: a
+    regular expression or a choice of answers (exactly one of them)."""
+
+    unsupported: ClassVar[Mapping[str, tuple[str, tuple[Any, ...]]]] = {
+        "json": ("use `response_format`", (None,)),
+        "json_object": ("use `response_format`", (None, False)),
+        "grammar": ("grammars are not supported", (None,)),
+        "structural_tag": ("structural tags are not supported", (None,)),
+    }
+
+    regex: Annotated[str, Field(min_length=1, max_length=4096)] | None = None
+    choice: (
+        Annotated[
+            list[Annotated[str, Field(min_length=1, max_length=1024)]],
+            Field(min_length=1, max_length=256),
+        ]
+        | None
+    ) = None
+
+    @model_validator(mode="after")
+    def _one_of(self) -> StructuredOutputs:
+        if (self.regex is None) == (self.choice is None):
+            raise ValueError("give exactly one of `regex` and `choice`")
+        return self
+
+    def to_constraint(self) -> Constraint:
+        if self.regex is not None:
+            return Constraint("regex", self.regex)
+        return Constraint("choice", json.dumps(self.choice))
+
+
 def _logit_bias(value: dict[str, float] | None) -> dict[str, float] | None:
     if value is None:
         return None
@@ -251,6 +282,7 @@ class _SamplingFields(CheckedRequest):
         dict[str, Annotated[float, Field(ge=-100, le=100)]] | None, AfterValidator(_logit_bias)
     ] = None
     response_format: AnswerFormat | None = None
+    structured_outputs: StructuredOutputs | None = None
     cache: CacheFields | None = None
     # Power route (extra_body in the OpenAI SDK).
     power_method: Literal["mh", "smc"] | None = None
@@ -281,8 +313,16 @@ class _SamplingFields(CheckedRequest):
         return sorted(int(key) for key in self.logit_bias or {})
 
     def format_constraint(self) -> tuple[Constraint, str] | None:
-        """What ``response_format`` constrains the answer to (JSON, or JSON of a schema)."""
+        """What ``response_format`` (JSON, or JSON of a schema) or ``structured_outputs`` (a
+        regular expression, a choice) constrains the answer to, and the field that asked."""
         fmt = self.response_format
+        if self.structured_outputs is not None:
+            if fmt is not None and not isinstance(fmt, TextFormat):
+                raise InvalidRequestError(
+                    "Give `response_format` or `structured_outputs`, not both.",
+                    param="structured_outputs",
+                )
+            return self.structured_outputs.to_constraint(), "structured_outputs"
         if isinstance(fmt, JsonSchemaFormat) and fmt.json_schema.json_schema is not None:
             return Constraint("json", json.dumps(fmt.json_schema.json_schema)), "response_format"
         if isinstance(fmt, JsonObjectFormat | JsonSchemaFormat):

@@ -171,6 +171,23 @@ def test_the_power_route_reports_its_work(default_client: openai.OpenAI, base_mo
     assert "self_reward" in power
 
 
+def test_the_power_route_answers_a_text_format(default_client: openai.OpenAI, base_model: str) -> None:
+    schema = {
+        "type": "object",
+        "properties": {"colour": {"type": "string", "enum": ["red", "green", "blue"]}},
+        "required": ["colour"],
+        "additionalProperties": False,
+    }
+    response = default_client.responses.create(
+        model=f"{base_model}-power",
+        input="Name a colour.",
+        max_output_tokens=16,
+        text={"format": {"type": "json_schema", "name": "colour", "schema": schema}},
+        extra_body={"power_particles": 2},
+    )
+    assert json.loads(response.output_text)["colour"] in ("red", "green", "blue")
+
+
 @pytest.mark.parametrize(
     ("fields", "param"),
     [

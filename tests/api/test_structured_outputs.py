@@ -5,6 +5,7 @@ never dropped."""
 from __future__ import annotations
 
 import json
+import re
 from typing import Any, Literal
 
 import jsonschema
@@ -55,9 +56,9 @@ def check_parse(client: openai.OpenAI, model: str = MODEL) -> None:
     assert isinstance(choice.message.parsed, City)
 
 
-def check_forced_tool_call(client: openai.OpenAI, tool_choice: Any) -> None:
+def check_forced_tool_call(client: openai.OpenAI, tool_choice: Any, model: str = MODEL) -> Any:
     completion = client.chat.completions.create(
-        model=MODEL,
+        model=model,
         messages=ASK,
         tools=TOOLS,
         tool_choice=tool_choice,
@@ -70,6 +71,7 @@ def check_forced_tool_call(client: openai.OpenAI, tool_choice: Any) -> None:
     (call,) = answer.message.tool_calls or []
     assert call.type == "function" and call.function.name == "get_weather"
     jsonschema.validate(json.loads(call.function.arguments), WEATHER)
+    return completion
 
 
 def check_logit_bias(client: openai.OpenAI, service: ServiceProcess) -> None:
@@ -182,28 +184,39 @@ def test_auto_tools_on_the_power_route_sample_the_power_law(default_client: open
     assert (completion.model_extra or {})["power"]["method"] == "smc"
 
 
+def test_the_power_route_samples_under_a_schema_and_a_forced_tool(default_client: openai.OpenAI) -> None:
+    """Power sampling restricted to what the grammar accepts (its law: tests/power/
+    test_constrained.py): every particle is a valid answer, and the report counts all of them."""
+    check_parse(default_client, POWER)
+    completion = check_forced_tool_call(default_client, NAMED, model=POWER)
+    power = (completion.model_extra or {})["power"]
+    assert power["method"] == "smc" and power["particles"] == 4
+    usage = completion.usage
+    assert usage is not None and power["tokens_generated"] > usage.completion_tokens
+
+
 @pytest.mark.parametrize(
-    ("fields", "param"),
+    ("fields", "param", "why"),
     [
-        ({"response_format": {"type": "json_object"}}, "response_format"),
-        ({"tools": TOOLS, "tool_choice": "required"}, "tool_choice"),
-        ({"tools": TOOLS, "tool_choice": NAMED}, "tool_choice"),
-        ({"logit_bias": {"5": 1}}, "logit_bias"),
+        ({"extra_body": {"power_method": "mh"}}, "response_format", "smc"),
+        ({"temperature": 0}, "response_format", "smc"),
+        ({"extra_body": {"mcmc_steps": 2}}, "response_format", "smc"),
+        ({"logit_bias": {"5": 1}}, "logit_bias", "target"),
     ],
 )
 def test_the_power_route_refuses_what_it_cannot_sample_exactly(
-    default_client: openai.OpenAI, fields: dict[str, Any], param: str
+    default_client: openai.OpenAI, fields: dict[str, Any], param: str, why: str
 ) -> None:
     with pytest.raises(openai.BadRequestError) as refused:
         default_client.chat.completions.create(
             model=POWER,
             messages=ASK,
             max_tokens=4,
+            response_format={"type": "json_object"},
             **fields,  # type: ignore[arg-type]
         )
     assert refused.value.body["param"] == param  # type: ignore[index]
-    if param != "logit_bias":
-        assert "p^alpha restricted" in refused.value.body["message"]  # type: ignore[index]
+    assert why in refused.value.body["message"]  # type: ignore[index]
 
 
 TOO_MANY_TOOLS = [{"type": "function", "function": {"name": f"tool_{i}"}} for i in range(129)]
@@ -240,6 +253,37 @@ TOO_MANY_TOOLS = [{"type": "function", "function": {"name": f"tool_{i}"}} for i 
             "invalid_value",
         ),
         ({"response_format": {"type": "yaml"}}, "response_format", "invalid_value"),
+        ({"extra_body": {"guided_regex": "a+"}}, "guided_regex", "unsupported_parameter"),
+        ({"extra_body": {"structured_outputs": {}}}, "structured_outputs", "invalid_value"),
+        (
+            {"extra_body": {"structured_outputs": {"regex": "a", "choice": ["a"]}}},
+            "structured_outputs",
+            "invalid_value",
+        ),
+        ({"extra_body": {"structured_outputs": {"choice": []}}}, "structured_outputs", "invalid_value"),
+        (
+            {"extra_body": {"structured_outputs": {"choice": [str(i) for i in range(257)]}}},
+            "structured_outputs",
+            "invalid_value",
+        ),
+        (
+            {"extra_body": {"structured_outputs": {"regex": "a" * 4097}}},
+            "structured_outputs",
+            "invalid_value",
+        ),
+        (
+            {"extra_body": {"structured_outputs": {"grammar": "root ::= 'a'"}}},
+            "grammar",
+            "unsupported_parameter",
+        ),
+        (
+            {
+                "response_format": {"type": "json_object"},
+                "extra_body": {"structured_outputs": {"regex": "a+"}},
+            },
+            "structured_outputs",
+            "invalid_value",
+        ),
     ],
 )
 def test_bad_fields_are_refused_by_name(
@@ -283,6 +327,26 @@ def test_neutral_values_fields_without_effect_and_unknown_fields_are_accepted(
     assert completion.choices[0].message.content is not None
 
 
+def test_a_regex_and_a_choice_are_honoured(default_client: openai.OpenAI) -> None:
+    for model in (MODEL, POWER):
+        regex = default_client.completions.create(
+            model=model,
+            prompt="The year is",
+            max_tokens=8,
+            seed=4,
+            extra_body={"structured_outputs": {"regex": " (19|20)[0-9]{2}"}},
+        )
+        assert re.fullmatch(r" (19|20)[0-9]{2}", regex.choices[0].text), regex.choices[0].text
+        choice = default_client.chat.completions.create(
+            model=model,
+            messages=[{"role": "user", "content": "Is Paris in France?"}],
+            max_tokens=4,
+            seed=4,
+            extra_body={"structured_outputs": {"choice": ["yes", "no"]}},
+        )
+        assert choice.choices[0].message.content in ("yes", "no")
+
+
 def test_a_schema_the_engine_cannot_compile_is_a_400(default_client: openai.OpenAI) -> None:
     with pytest.raises(openai.BadRequestError):
         default_client.chat.completions.create(
@@ -294,6 +358,14 @@ def test_a_schema_the_engine_cannot_compile_is_a_400(default_client: openai.Open
                 "json_schema": {"name": "broken", "schema": {"type": "no-such-type"}},
             },
         )
+    for model in (MODEL, POWER):
+        with pytest.raises(openai.BadRequestError):
+            default_client.completions.create(
+                model=model,
+                prompt="a",
+                max_tokens=4,
+                extra_body={"structured_outputs": {"regex": "(unclosed"}},
+            )
 
 
 def test_every_response_carries_a_request_id(

@@ -8,6 +8,7 @@ import json
 import pytest
 from pydantic import ValidationError
 
+from service.engines.base import Constraint
 from service.errors import InvalidRequestError
 from service.serving.protocol import (
     BatchCreateRequest,
@@ -112,3 +113,16 @@ def test_response_format_becomes_a_constraint() -> None:
     assert json.loads(constraint.spec) == schema
     plain = ChatCompletionRequest.model_validate(CHAT | {"response_format": {"type": "text"}})
     assert plain.format_constraint() is None
+
+
+def test_structured_outputs_become_a_regex_or_choice_constraint() -> None:
+    regex = ChatCompletionRequest.model_validate(CHAT | {"structured_outputs": {"regex": "[0-9]+"}})
+    assert regex.format_constraint() == (Constraint("regex", "[0-9]+"), "structured_outputs")
+    choice = ChatCompletionRequest.model_validate(
+        CHAT | {"structured_outputs": {"choice": ["yes", "no"]}}
+    )
+    constraint, param = choice.format_constraint() or (None, None)
+    assert constraint is not None and constraint.kind == "choice" and param == "structured_outputs"
+    assert json.loads(constraint.spec) == ["yes", "no"]
+    beside_text = {"response_format": {"type": "text"}, "structured_outputs": {"regex": "a"}}
+    assert ChatCompletionRequest.model_validate(CHAT | beside_text).format_constraint() is not None

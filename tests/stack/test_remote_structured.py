@@ -1,8 +1,8 @@
 """The embedded default model through a stock `vllm serve` worker, named by its path as compose and
 k8s name it: all three routes (the shipped distilled adapter served by the worker), and structured
-outputs, tools and logit bias, which the gateway forwards in the fields the worker's API takes
-(``structured_outputs``, ``logit_bias``). One worker (the tiny model's four tokens cannot spell
-JSON)."""
+outputs (on the power route too), tools and logit bias, which the gateway forwards in the fields
+the worker's API takes (``structured_outputs``, ``logit_bias``). One worker (the tiny model's four
+tokens cannot spell JSON)."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from tests.api.test_structured_outputs import (
     ASK,
     MODEL,
     NAMED,
+    POWER,
     check_forced_tool_call,
     check_logit_bias,
     check_parse,
@@ -63,6 +64,11 @@ def test_a_named_tool_call_through_a_worker(client: openai.OpenAI) -> None:
 
 def test_a_json_schema_through_a_worker(client: openai.OpenAI) -> None:
     check_parse(client)
+
+
+def test_power_under_a_schema_through_a_worker(client: openai.OpenAI) -> None:
+    """Constrained particles on the worker, and their unmasked rescoring there too."""
+    check_parse(client, POWER)
 
 
 def test_logit_bias_through_a_worker(client: openai.OpenAI, gateway: ServiceProcess) -> None:
