@@ -1,8 +1,9 @@
-"""The batch worker against a job store that fails, without an engine: each line is answered by a
-plain function that counts its calls. The stores are real and made to fail for real: SQLite by
-triggers that refuse writes as a full disk would (chmod cannot: these tests may run as root), or by
-a directory where a file's bytes should go; Redis by ``maxmemory 1`` under ``noeviction`` (every
-write refused, reads served) or by a key of the wrong type (one batch's writes refused).
+"""The batch worker against a job store that fails, and its fair turns, without an engine: each line
+is answered by a plain function that counts its calls. The stores are real and made to fail for
+real: SQLite by triggers that refuse writes as a full disk would (chmod cannot: these tests may run
+as root), or by a directory where a file's bytes should go; Redis by ``maxmemory 1`` under
+``noeviction`` (every write refused, reads served) or by a key of the wrong type (one batch's writes
+refused).
 
 What must hold: a line whose result cannot be written is not answered again (its result waits in
 memory, only the write is retried, with backoff); after ``store_failures`` failures in a row the
@@ -416,5 +417,41 @@ def test_closing_a_worker_survives_a_lost_cancel() -> None:
             await asyncio.gather(closing, return_exceptions=True)
         assert done, "close() waited on a loop whose cancel was lost"
         assert worker.dropped == 1
+
+    asyncio.run(scenario())
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_projects_small_batch_is_answered_in_its_first_turn(
+    kind: str, tmp_path: Path, faults_redis: RedisProcess
+) -> None:
+    """Fair turns, in the order lines are answered (no clock involved): red's 40 lines came first,
+    blue's 2 lines are all answered before red's third turn begins, and red's batch still ends."""
+
+    class Ordered(Answers):
+        def __init__(self) -> None:
+            super().__init__()
+            self.order: list[str] = []
+
+        async def __call__(self, batch: BatchRecord, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+            self.order.append(batch.project or "")
+            return await super().__call__(batch, body)
+
+    async def scenario() -> None:
+        store = open_store(kind, tmp_path, faults_redis.url)
+        answers = Ordered()
+        large = await started_batch(store, 40, project="red")
+        small = await started_batch(store, 2, project="blue")
+        worker = worker_on(store, answers)
+        worker.start()
+        try:
+            await until(lambda: status_is(store, small, "completed"), "blue's batch")
+            await until(lambda: status_is(store, large, "completed"), "red's batch")
+        finally:
+            await worker.close()
+        blue = [i for i, project in enumerate(answers.order) if project == "blue"]
+        assert len(blue) == 2 and answers.order.count("red") == 40
+        # Red's first turn (CONCURRENCY lines, the worker's turn_lines), then blue's.
+        assert max(blue) < 2 * CONCURRENCY + 2, answers.order
 
     asyncio.run(scenario())

@@ -49,7 +49,7 @@ def _not_found(call: Callable[[], Any]) -> None:
     assert caught.value.code == "not_found"
 
 
-def _wait_batch(client: openai.OpenAI, batch_id: str, timeout: float = 120) -> Any:
+def _wait_batch(client: openai.OpenAI, batch_id: str, timeout: float = 120, poll_s: float = 0.3) -> Any:
     deadline = time.monotonic() + timeout
     while (batch := client.batches.retrieve(batch_id)).status not in (
         "completed",
@@ -58,7 +58,7 @@ def _wait_batch(client: openai.OpenAI, batch_id: str, timeout: float = 120) -> A
         "expired",
     ):
         assert time.monotonic() < deadline, batch
-        time.sleep(0.3)
+        time.sleep(poll_s)
     return batch
 
 
@@ -172,16 +172,19 @@ def test_a_batch_line_is_charged_to_the_batch_owner(jobs_gateway: JobsGateway) -
 
 def test_a_large_batch_does_not_make_another_projects_batch_wait(jobs_gateway: JobsGateway) -> None:
     """Red's 100 lines came first; blue's 2 lines are answered in blue's first turn, long before
-    red's batch ends (each project's turn is a bounded number of lines)."""
+    red's batch ends (each project's turn is a bounded number of lines). Blue's batch is done after
+    at most three of red's 8-line turns; red's lines are long (32 tokens) so that the other 76 take
+    seconds, far more than one poll (the order itself is checked without a clock in
+    test_batch_faults)."""
     alice, bob = _client(jobs_gateway, "alice"), _client(jobs_gateway, "bob")
-    large_file, small_file = _batch_file(alice, lines=100, max_tokens=8), _batch_file(bob)
+    large_file, small_file = _batch_file(alice, lines=100, max_tokens=32), _batch_file(bob)
     large = alice.batches.create(
         input_file_id=large_file, endpoint="/v1/completions", completion_window="24h"
     )
     small = bob.batches.create(
         input_file_id=small_file, endpoint="/v1/completions", completion_window="24h"
     )
-    assert _wait_batch(bob, small.id).status == "completed"
+    assert _wait_batch(bob, small.id, poll_s=0.05).status == "completed"
     meanwhile = alice.batches.retrieve(large.id)
     assert meanwhile.status == "in_progress", meanwhile
     assert meanwhile.request_counts is not None and meanwhile.request_counts.completed < 100
