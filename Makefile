@@ -25,7 +25,7 @@ SWEEP_ARGS ?=
 ADMISSION_ARGS ?=
 TENANTS_ARGS ?=
 
-.PHONY: all install model serve test lint bench bench-serving bench-remote bench-jobs bench-admission bench-tenants distill stack load load-venv load-sweep system-deps clean
+.PHONY: all install model serve test lint bench bench-serving bench-remote bench-jobs bench-admission bench-tenants distill docs stack load load-venv load-sweep system-deps clean
 
 all: serve
 
@@ -59,25 +59,27 @@ model: $(STAMP)
 serve: $(STAMP) model
 	$(BIN)/powerserve serve
 
-# redis-server and prometheus are real servers the tests start; Debian packages provide them.
+# redis-server and prometheus are real servers the tests start, chromium the headless browser of the
+# playground's test; Debian packages provide them.
 system-deps:
-	@if ! command -v redis-server >/dev/null || ! command -v prometheus >/dev/null; then \
+	@if ! command -v redis-server >/dev/null || ! command -v prometheus >/dev/null \
+		|| ! command -v chromium >/dev/null; then \
 		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 		$$SUDO apt-get update -qq && \
-		DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends redis-server prometheus; \
+		DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends redis-server prometheus chromium; \
 	fi
 
 test: $(STAMP) $(LOAD_STAMP) $(FUZZ_STAMP) $(CLIENTS_STAMP) system-deps
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: $(STAMP)
-	$(BIN)/ruff check service tests loadtests
-	$(BIN)/ruff format --check service tests loadtests
+	$(BIN)/ruff check service tests loadtests docs/hooks
+	$(BIN)/ruff format --check service tests loadtests docs/hooks
 	$(BIN)/mypy
 	$(BIN)/lint-imports --no-cache
 
 # Benchmarks (loadtests/, each module's docstring says what it measures); figures go to
-# loadtests/results/ and the README. Power samplers against plain sampling and the reference.
+# loadtests/results/ and docs/benchmarks/. Power samplers against plain sampling and the reference.
 bench: $(STAMP) model
 	$(BIN)/python -m loadtests.bench_methods
 	$(BIN)/python -m loadtests.bench_power
@@ -130,6 +132,11 @@ load: $(STAMP) $(LOAD_STAMP) model
 # guidellm sweep, a vLLM worker alone vs behind the gateway: loadtests/results/guidellm.{json,png}.
 load-sweep: $(STAMP) $(LOAD_STAMP) model
 	$(BIN)/python -m loadtests.guidellm_sweep $(SWEEP_ARGS)
+
+# The manual (docs/, mkdocs.yml) on http://127.0.0.1:8001, rebuilt as its pages change (port 8000 is the
+# service's). tests/test_docs.py builds it with --strict and runs its examples.
+docs: $(STAMP)
+	$(BIN)/mkdocs serve --strict --dev-addr 127.0.0.1:8001
 
 # Reproduce the shipped distilled adapter of the default model (~45 min on 2 cores): teacher answers
 # for 192 training prompts, LoRA training, evaluation on the held-out prompts, written in place.

@@ -75,7 +75,9 @@ class ServerSettings(_SettingsGroup):
     """Where the process listens and what it logs (``powerserve serve`` and ``powerserve worker``)."""
 
     host: str = Field("127.0.0.1", validation_alias=_alias("host", "HOST"), description="Bind address.")
-    port: int = Field(8000, validation_alias=_alias("port", "PORT"), ge=0, le=65535)
+    port: int = Field(
+        8000, validation_alias=_alias("port", "PORT"), ge=0, le=65535, description="Port to listen on."
+    )
     log_level: str = Field("info", description="Log level of the service and uvicorn.")
 
 
@@ -128,7 +130,13 @@ class EngineSettings(_SettingsGroup):
     enforce_eager: bool = Field(
         True, description="Skip graph capture: 30 s start-up instead of 200 s on CPU."
     )
-    gpu_memory_utilization: float = Field(0.5, gt=0, le=1)
+    gpu_memory_utilization: float = Field(
+        0.5,
+        gt=0,
+        le=1,
+        description="Share of the GPU's memory the vLLM engine takes (weights and KV cache); the rest "
+        "is left, e.g. to a fine-tuning job's training.",
+    )
     kv_cache_gib: int = Field(2, ge=1, description="KV-cache size on CPU (VLLM_CPU_KVCACHE_SPACE).")
     max_num_seqs: int = Field(256, ge=1, description="Sequences the engine batches at once.")
     kv_block_size: int | None = Field(
@@ -137,7 +145,9 @@ class EngineSettings(_SettingsGroup):
         description="Tokens per KV-cache block, the prefix cache's granularity: an MCMC cut reuses the "
         "cached prefix up to the last whole block. vLLM's CPU default is 128; unset: vLLM's default.",
     )
-    engine_start_timeout_s: float = Field(600.0, gt=0)
+    engine_start_timeout_s: float = Field(
+        600.0, gt=0, description="Seconds the engine may take to start before start-up fails."
+    )
     power_top_logprobs: int = Field(
         20,
         ge=1,
@@ -430,7 +440,7 @@ class JobsSettings(_SettingsGroup):
 class LimitsSettings(_SettingsGroup):
     """What guards the HTTP API (service/limits, service/api/guards.py, service/api/shutdown.py):
     API keys, rate limits per key, admission control, the body cap and the drain on shutdown.
-    README.md, "Keys, limits, caps and shutdown", explains each."""
+    docs/operations/access.md explains each."""
 
     api_keys: str | None = Field(
         None,

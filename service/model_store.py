@@ -42,7 +42,8 @@ def is_default_model(model_dir: Path) -> bool:
     return (Path(model_dir) / _READY).exists()
 
 
-# The project's own power-self-distilled adapter for the default model (see README: reproducing it).
+# The project's own power-self-distilled adapter for the default model (docs/user-guide/distilled.md:
+# reproducing it with `make distill`).
 DEFAULT_ADAPTER_DIR = Path(__file__).parent / "distill" / "adapters" / _DIR_NAME
 
 

@@ -1,9 +1,7 @@
-"""The embedded default model (SmolLM2-135M-Instruct) served end to end, as a new user would."""
+"""The embedded default model (SmolLM2-135M-Instruct) served end to end, as a new user would (the
+README's and the manual's examples run in tests/test_docs.py)."""
 
 from __future__ import annotations
-
-import re
-from pathlib import Path
 
 import openai
 
@@ -48,13 +46,3 @@ def test_the_engine_is_warmed_up_before_the_service_is_ready(default_service: Se
     log = default_service.log_path.read_text(errors="replace")
     assert "warming up" not in log, "a kind of request failed to warm up"
     assert log.index("engine warmed up in") < log.index("serving ['smollm2-135m-instruct'")
-
-
-def test_the_readme_quick_start_runs(default_service: ServiceProcess) -> None:
-    """The Python example a newcomer copies first, as written, against the default model."""
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-    quick_start = readme[readme.index("## Quick start") :]
-    code = re.search(r"```python\n(.*?)```", quick_start, re.DOTALL)
-    assert code is not None
-    source = code.group(1).replace("http://127.0.0.1:8000/v1", default_service.base_url)
-    exec(compile(source, "README.md", "exec"), {})  # the README's own example

@@ -11,6 +11,7 @@ from service.api.routes import (
     health,
     metrics,
     models,
+    playground,
     responses,
     tokenize,
 )
@@ -27,6 +28,7 @@ for module in (
     files,
     batches,
     fine_tuning,
+    playground,
 ):
     api_router.include_router(module.router)
 
