@@ -1,6 +1,7 @@
 """Results and reports of every benchmark and load test: where they go, their percentiles, their tables.
 
-- ``RESULTS``: loadtests/results/, the one directory every script writes to (the README cites its files).
+- ``RESULTS``: loadtests/results/, the one directory every script writes to (the manual's benchmark
+  pages, docs/benchmarks/, cite its files).
 - ``percentile`` / ``percentiles``: the one percentile helper. ``method="nearest"`` (a sample itself,
   the benchmarks' small samples) or ``"linear"`` (numpy's default, the load tests' summaries).
 - ``measure_table``: the two-column Markdown table (measure | result) the benchmarks print.
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -40,6 +42,8 @@ __all__ = [
     "percentile",
     "percentiles",
     "plot_routes",
+    "replot",
+    "route_labels",
     "table",
     "write_report",
 ]
@@ -121,25 +125,44 @@ def table(routes: dict[str, RouteSummary]) -> str:
     return "\n".join(rows)
 
 
+def route_labels(names: Sequence[str]) -> tuple[list[str], str]:
+    """Short x labels for ``names`` of the form "kind (model)", and the base model they share: the
+    kind over the model's route ("cached" over "power route"), or the names as they are."""
+    parsed = [re.fullmatch(r"(.+) \((.+)\)", name) for name in names]
+    if not all(parsed):
+        return list(names), ""
+    models = [m[2] for m in parsed if m]
+    base = min(models, key=len)
+    if not all(model.startswith(base) for model in models):
+        return list(names), ""
+    routes = [(model[len(base) :].lstrip("-") or "plain") + " route" for model in models]
+    return [f"{m[1]}\n{route}" for m, route in zip(parsed, routes, strict=True) if m], base
+
+
 def plot_routes(routes: dict[str, RouteSummary], path: Path, *, title: str = "") -> None:
     """Four panels: latency, streaming latencies, requests/s, tokens/s; one group of bars a route."""
     names = list(routes)
-    labels = [f"{n}\n({routes[n].errors} errors)" if routes[n].errors else n for n in names]
+    labels, model = route_labels(names)
+    labels = [
+        f"{label}\n({routes[n].errors} errors)" if routes[n].errors else label
+        for label, n in zip(labels, names, strict=True)
+    ]
     x = np.arange(len(names))
 
     def bars(ax: Any, series: dict[str, list[float]], ylabel: str) -> None:
         width = 0.8 / max(1, len(series))
         for i, (label, values) in enumerate(series.items()):
             ax.bar(x + (i - (len(series) - 1) / 2) * width, values, width, label=label)
-        ax.set_xticks(x, labels, rotation=20, ha="right")
+        ax.set_xticks(x, labels, fontsize="small")
         ax.set_ylabel(ylabel)
-        ax.legend(fontsize="small")
+        ax.margins(y=0.3)  # headroom: the legend sits above the bars, not on them
+        ax.legend(fontsize="small", loc="upper left", ncols=len(series))
         ax.grid(axis="y", alpha=0.3)
 
     def pick(field: str, rank: str) -> list[float]:
         return [(getattr(routes[n], field) or {}).get(rank, 0.0) for n in names]
 
-    size = (max(10, 1.6 * len(names) + 4), 8)
+    size = (max(11, 1.8 * len(names) + 4), 8.5)
     with saved_figure(path, dpi=100, nrows=2, ncols=2, figsize=size) as (fig, axes):
         latency = {f"latency {r}": pick("latency_s", r) for r in ("p50", "p95", "p99")}
         bars(axes[0][0], latency, "seconds")
@@ -147,7 +170,7 @@ def plot_routes(routes: dict[str, RouteSummary], path: Path, *, title: str = "")
         streaming = {f"TTFT {r}": pick("ttft_s", r) for r in ("p50", "p95")}
         streaming |= {f"ITL {r}": pick("itl_s", r) for r in ("p50", "p95")}
         bars(axes[0][1], streaming, "seconds")
-        axes[0][1].set_title("streaming: time to first token, inter-token latency")
+        axes[0][1].set_title("streaming: time to first token (TTFT), inter-token (ITL)")
         bars(axes[1][0], {"requests/s": [routes[n].requests_per_s for n in names]}, "requests/s")
         axes[1][0].set_title("throughput (completed requests)")
         tokens = {
@@ -156,4 +179,20 @@ def plot_routes(routes: dict[str, RouteSummary], path: Path, *, title: str = "")
         }
         bars(axes[1][1], tokens, "tokens/s")
         axes[1][1].set_title("token throughput")
-        fig.suptitle(title)
+        fig.suptitle(f"{title}\nmodel: {model}" if model else title)
+
+
+def replot(report_path: Path) -> Path:
+    """Draw a report's PNG again from its JSON (after a change to the figure); returns its path."""
+    report = json.loads(report_path.read_text())
+    routes = {name: RouteSummary(**summary) for name, summary in report["routes"].items()}
+    png = report_path.with_suffix(".png")
+    plot_routes(routes, png, title=report.get("title", ""))
+    return png
+
+
+if __name__ == "__main__":
+    import sys
+
+    for argument in sys.argv[1:]:  # python -m loadtests.load_report loadtests/results/load.json ...
+        print(replot(Path(argument)))

@@ -1,4 +1,5 @@
-"""saved_figure: a figure written to its file at its size, and closed whatever happens."""
+"""saved_figure: a figure written to its file at its size, and closed whatever happens; the load
+reports' figure, redrawn from its JSON."""
 
 from __future__ import annotations
 
@@ -40,3 +41,29 @@ def test_an_error_writes_nothing_and_still_closes(tmp_path: Path) -> None:
         raise ValueError("bad data")
     assert not path.exists()
     assert figure.number not in plt.get_fignums()
+
+
+def test_load_reports_label_routes_by_kind_and_redraw_from_their_json(tmp_path: Path) -> None:
+    from loadtests.load_report import RouteSummary, replot, route_labels, write_report
+
+    names = ["cached (m-power)", "plain (m)", "distilled (m-distilled)"]
+    assert route_labels(names) == (
+        ["cached\npower route", "plain\nplain route", "distilled\ndistilled route"],
+        "m",
+    )
+    assert route_labels(["rate 2", "rate 4"]) == (["rate 2", "rate 4"], "")
+    summary = RouteSummary(
+        requests=3,
+        errors=1,
+        latency_s={"p50": 1.0, "p95": 2.0, "p99": 3.0},
+        ttft_s=None,
+        itl_s=None,
+        requests_per_s=0.5,
+        generated_tokens_per_s=4.0,
+        completion_tokens_per_s=2.0,
+        cache_hits=0,
+    )
+    report = write_report(tmp_path / "load", {"title": "t"}, dict.fromkeys(names, summary))
+    png = report.with_suffix(".png")
+    png.unlink()
+    assert replot(report) == png and png_size(png) == (1100, 850)  # 11 x 8.5 in at 100 dpi
