@@ -102,7 +102,12 @@ class Worker(LoRASettings, EngineSettings, ModelSettings, ServerSettings):
 
     def cli_cmd(self) -> None:
         from service.engines.worker import run_worker, worker_arguments
-        from service.runtime import engine_adapters, engine_arguments, resolve_model_dir
+        from service.runtime import (
+            engine_adapters,
+            engine_arguments,
+            fine_tuning_enabled,
+            resolve_model_dir,
+        )
 
         configure_logging(self.log_level)
         settings = Settings.from_command(self)
@@ -112,7 +117,11 @@ class Worker(LoRASettings, EngineSettings, ModelSettings, ServerSettings):
             port=self.port,
             adapters=engine_adapters(settings),
         )
-        run_worker(arguments, kv_cache_gib=self.kv_cache_gib)
+        run_worker(
+            arguments,
+            kv_cache_gib=self.kv_cache_gib,
+            runtime_adapters=fine_tuning_enabled(settings),
+        )
 
 
 class PrepareModel(BaseSettings):

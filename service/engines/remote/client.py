@@ -96,6 +96,13 @@ class WorkerClient:
             response.raise_for_status()
             return await response.read()
 
+    async def post(self, url: str, body: dict[str, Any], *, timeout_s: float) -> tuple[int, str]:
+        """A POST whose status the caller judges (an administrative call such as loading an
+        adapter): (status, body text); raises aiohttp's errors and TimeoutError."""
+        timeout = aiohttp.ClientTimeout(total=timeout_s)
+        async with self.session.post(url, json=body, timeout=timeout, allow_redirects=False) as response:
+            return response.status, await response.text()
+
     async def complete(
         self, worker: WorkerState, body: dict[str, Any], *, timeout_s: float
     ) -> dict[str, Any]:

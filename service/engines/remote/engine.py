@@ -13,6 +13,12 @@ A worker marked down releases its in-flight requests at once, and they move too.
 worker has it does it fail (``EngineError``). With no healthy worker, or when every worker failed the
 request, the engine raises ``EngineUnavailableError`` (a 503 with Retry-After).
 
+Adapters added at run time (a fine-tuning job's model, ``add_adapter``) are loaded into every
+healthy worker through vLLM's /v1/load_lora_adapter from a path the workers share with the gateway;
+after every passed probe a worker's /v1/models is compared with them and what it lacks is loaded, so
+a worker that restarts, or was down when the job ended, serves them again. Until then it answers 404
+for them and their requests go to a worker that has them.
+
 Clients read none of a worker's words but a refusal that is their request's fault (client.py): a
 failure's details (the worker's body, its URL) go to the log.
 """
@@ -24,8 +30,11 @@ import contextlib
 import json
 import logging
 from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, TypeVar
+
+import aiohttp
 
 from service.engines.base import Engine, EngineInfo, Generated, SamplingOptions
 from service.engines.remote import wire
@@ -57,6 +66,7 @@ class RemoteEngine(Engine):
         model_dir: Path,
         model_id: str,
         adapters: Sequence[str] = (),
+        adds_adapters: bool = False,
         health_interval_s: float,
         probe_timeout_s: float,
         stall_probes: int,
@@ -70,6 +80,11 @@ class RemoteEngine(Engine):
         self.model_dir = Path(model_dir)
         self._model_id = model_id
         self._adapters = tuple(adapters)
+        self._adds_adapters = adds_adapters
+        # Adapters added while the engine runs (fine-tuned models), name -> path where the workers
+        # read it: loaded into every worker, and into one that (re)starts later by its health probe.
+        self._added: dict[str, Path] = {}
+        self._probe_timeout_s = probe_timeout_s
         self._request_timeout_s = request_timeout_s
         self._timeout_per_token_s = timeout_per_token_s
         self._client = WorkerClient(request_timeout_s=request_timeout_s)
@@ -81,6 +96,7 @@ class RemoteEngine(Engine):
             stall_probes=stall_probes,
             backoff_initial_s=backoff_initial_s,
             backoff_max_s=backoff_max_s,
+            on_up=self._load_missing_adapters,
         )
 
     # --- lifecycle -----------------------------------------------------------------------------
@@ -126,6 +142,57 @@ class RemoteEngine(Engine):
     def worker_snapshot(self) -> list[WorkerSnapshot]:
         """Each worker's health, load and counts now, for the metrics."""
         return self.pool.snapshot()
+
+    # --- adapters added at run time -----------------------------------------------------------
+
+    @property
+    def adds_adapters(self) -> bool:
+        """The workers were started able to load adapters at run time (``powerserve worker`` with
+        fine-tuning on: vLLM's /v1/load_lora_adapter), and read the path the gateway gives."""
+        return self._adds_adapters
+
+    async def add_adapter(self, name: str, path: Path) -> None:
+        """Load the adapter in ``path`` into every healthy worker as ``name``; workers down now get
+        it when they are back. Fails when no worker could load it."""
+        if not self._adds_adapters:
+            await super().add_adapter(name, path)
+        self._added[name] = Path(path)
+        loaded = await asyncio.gather(*(self._load_adapter(w, name) for w in self.pool.healthy()))
+        if not any(loaded):
+            del self._added[name]
+            raise EngineError(f"No worker could load the adapter in {path}.")
+        if name not in self.info.adapters:
+            self.info = replace(self.info, adapters=(*self.info.adapters, name))
+
+    async def _load_adapter(self, worker: WorkerState, name: str) -> bool:
+        path = str(self._added[name])
+        try:
+            status, text = await self._client.post(
+                f"{worker.url}/v1/load_lora_adapter",
+                wire.load_adapter_body(name, path),
+                timeout_s=self._request_timeout_s,
+            )
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            logger.error("worker %d: loading adapter %s failed: %r", worker.index, name, exc)
+            return False
+        if status == 200 or "already been loaded" in text:
+            logger.info("worker %d: serving adapter %s", worker.index, name)
+            return True
+        logger.error(
+            "worker %d: cannot load adapter %s from %s: %d %s",
+            *(worker.index, name, path, status, text[:500]),
+        )
+        return False
+
+    async def _load_missing_adapters(self, worker: WorkerState) -> None:
+        """After a passed probe: the added adapters a worker lacks (it restarted, or was down when
+        one was added) are loaded into it."""
+        if not self._added:
+            return
+        models = await self._client.get(f"{worker.url}/v1/models", timeout_s=self._probe_timeout_s)
+        served = wire.served_models(models)
+        for name in [name for name in self._added if name not in served]:
+            await self._load_adapter(worker, name)
 
     # --- requests ------------------------------------------------------------------------------
 
@@ -218,7 +285,7 @@ class RemoteEngine(Engine):
 
     def _model(self, adapter: str | None) -> str:
         """The name the workers serve ``adapter`` under (the base model's when None)."""
-        if adapter is not None and adapter not in self._adapters:
+        if adapter is not None and adapter not in self._adapters and adapter not in self._added:
             raise InvalidRequestError(f"Unknown adapter {adapter!r}.", param="model")
         return adapter or self._model_id
 

@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 
 import aiohttp
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wait_exponential
@@ -23,6 +24,8 @@ from service.engines.remote.client import WorkerClient
 from service.engines.remote.pool import WorkerState
 
 __all__ = ["HealthMonitor"]
+
+logger = logging.getLogger(__name__)
 
 
 class _ProbeFailed(Exception):
@@ -42,8 +45,12 @@ class HealthMonitor:
         stall_probes: int,
         backoff_initial_s: float,
         backoff_max_s: float,
+        on_up: Callable[[WorkerState], Awaitable[None]] | None = None,
     ):
         self._workers = workers
+        # Called after every passed probe (bring a worker that restarted up to date); its failure
+        # is logged and costs the worker nothing.
+        self._on_up = on_up
         self._client = client
         self._interval_s = interval_s
         self._probe_timeout_s = probe_timeout_s
@@ -103,6 +110,11 @@ class HealthMonitor:
             worker.mark_down(f"health check failed: {exc!r}")
             raise _ProbeFailed from exc
         worker.mark_up()
+        if self._on_up is not None:
+            try:
+                await self._on_up(worker)
+            except Exception:
+                logger.exception("worker %d: bringing it up to date failed", worker.index)
         # A metric only.
         with contextlib.suppress(aiohttp.ClientError, TimeoutError, LookupError, TypeError, ValueError):
             metrics = await self._client.get(f"{worker.url}/metrics", timeout_s=self._probe_timeout_s)

@@ -21,10 +21,12 @@ from service.engines.base import Generated, SamplingOptions, structured_outputs_
 __all__ = [
     "client_message",
     "completion_body",
+    "load_adapter_body",
     "max_model_len",
     "prefix_cache_hit_ratio",
     "prompt_logprobs",
     "score_body",
+    "served_models",
     "to_generated",
 ]
 
@@ -105,6 +107,16 @@ def prompt_logprobs(result: dict[str, Any], token_ids: Sequence[int], start: int
 def max_model_len(models: bytes) -> int:
     """The context length a worker serves, from its /v1/models answer."""
     return int(json.loads(models)["data"][0]["max_model_len"])
+
+
+def served_models(models: bytes) -> set[str]:
+    """The ids a worker serves (its base model and the LoRA adapters it holds), from /v1/models."""
+    return {str(card["id"]) for card in json.loads(models)["data"]}
+
+
+def load_adapter_body(name: str, path: str) -> dict[str, Any]:
+    """The body of a worker's POST /v1/load_lora_adapter (vLLM's runtime LoRA loading)."""
+    return {"lora_name": name, "lora_path": path}
 
 
 def prefix_cache_hit_ratio(metrics_text: str) -> float | None:
