@@ -25,7 +25,7 @@ SWEEP_ARGS ?=
 ADMISSION_ARGS ?=
 TENANTS_ARGS ?=
 
-.PHONY: all install model serve test lint bench bench-serving bench-remote bench-jobs bench-admission bench-tenants distill docs stack load load-venv load-sweep system-deps clean
+.PHONY: all install model serve test lint bench bench-serving bench-remote bench-jobs bench-admission bench-tenants distill docs stack load load-venv load-sweep replot-load system-deps clean
 
 all: serve
 
@@ -132,6 +132,10 @@ load: $(STAMP) $(LOAD_STAMP) model
 # guidellm sweep, a vLLM worker alone vs behind the gateway: loadtests/results/guidellm.{json,png}.
 load-sweep: $(STAMP) $(LOAD_STAMP) model
 	$(BIN)/python -m loadtests.guidellm_sweep $(SWEEP_ARGS)
+
+# Redraw the load reports' figures from their JSON (after a change to the figure, no new run).
+replot-load: $(STAMP)
+	$(BIN)/python -m loadtests.load_report loadtests/results/load.json loadtests/results/soak.json
 
 # The manual (docs/, mkdocs.yml) on http://127.0.0.1:8001, rebuilt as its pages change (port 8000 is the
 # service's). tests/test_docs.py builds it with --strict and runs its examples.

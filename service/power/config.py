@@ -106,9 +106,13 @@ class PowerConfig:
     def worst_case_tokens(self) -> int:
         """Most tokens one answer can make the engine generate. MH: each block's extension plus, per
         step, a proposal that regrows the whole answer up to the block's horizon. SMC: every
-        particle grows to max_tokens."""
+        particle's request may run to max_tokens, and so may each copy a resampling starts at a
+        horizon (smc.py holds one request per particle; a dropped one is aborted, having run ahead
+        by as much as the slowest particle lagged, which is little in one batch)."""
         if self.method == "smc":
-            return self.particles * self.max_tokens
+            horizons = (self.horizon(b) for b in range(1, self.num_blocks))
+            copies = (self.particles - 1) * sum(self.max_tokens - h for h in horizons)
+            return self.particles * self.max_tokens + copies
         grow = self.max_tokens
         proposals = self.mcmc_steps * sum(self.horizon(b) for b in range(1, self.num_blocks + 1))
         return grow + proposals

@@ -16,7 +16,7 @@ from service.engines.base import Engine, SamplingOptions, derive_seed
 from service.power.config import PowerConfig
 from service.power.normaliser import log_normaliser
 
-__all__ = ["StopAt", "Trajectory", "propose"]
+__all__ = ["StopAt", "Trajectory", "normalisers", "propose"]
 
 # Given an answer's token ids, how many of them to keep: up to and including the token that completes
 # its first stop string; None when it holds none. Stops are text, so the request path decodes.
@@ -89,10 +89,16 @@ async def propose(
         keep = max(keep - len(prefix), 1)
         token_ids, logprobs, top = token_ids[:keep], logprobs[:keep], top[:keep]
         ended = True
-    if math.isinf(config.alpha):
-        zetas = bounds = [0.0] * len(token_ids)
-    else:
-        pairs = [log_normaliser(config.alpha, alts, k, info.vocab_size) for alts in top]
-        zetas = [zeta for zeta, _ in pairs]
-        bounds = [bound for _, bound in pairs]
+    zetas, bounds = normalisers(config, top, k, info.vocab_size)
     return Trajectory(token_ids, logprobs, zetas, bounds, top, ended)
+
+
+def normalisers(
+    config: PowerConfig, top: Sequence[dict[int, float]], k: int, vocab_size: int
+) -> tuple[list[float], list[float]]:
+    """Per token, zeta_t and its error bound (normaliser.py) from its raw top-k log-probs; zeros in
+    the alpha = inf limit, where acceptances compare log p alone."""
+    if math.isinf(config.alpha):
+        return [0.0] * len(top), [0.0] * len(top)
+    pairs = [log_normaliser(config.alpha, alts, k, vocab_size) for alts in top]
+    return [zeta for zeta, _ in pairs], [bound for _, bound in pairs]

@@ -11,15 +11,25 @@ quantity the MH ratio is made of.
 
 With N particles, all log-weights w_i = 0, and blocks b = 1..K of B tokens (horizon H_b):
 
-  1. Grow.      Every particle that has not ended draws up to B tokens from q (to EOS, a stop string
-                or H_b); w_i += the sum of their zeta_t. EOS is absorbing: an ended particle keeps its
-                weight and costs nothing more.
+  1. Grow.      Every particle is one engine request, held for the whole answer, drawing from q
+                until EOS, a stop string or max_tokens: tokens arrive as the engine makes them. At
+                H_b the sampler waits for every particle to reach H_b (or end) and adds the zeta_t
+                of its tokens up to H_b to w_i; a particle that ran ahead keeps its later tokens
+                for the next block. EOS is absorbing: an ended particle keeps its weight and costs
+                nothing more.
   2. Resample.  If the effective sample size ESS = (sum e^w)^2 / sum e^2w falls below kappa * N
                 (and more blocks follow), draw N ancestors by systematic resampling with chance
-                ∝ e^w and reset the weights to equal. A copy continues from its ancestor's prefix,
-                which the engine's prefix cache already holds.
+                ∝ e^w and reset the weights to equal. An ancestor's first copy keeps its request;
+                every other copy is a new request whose prompt ends with the ancestor's tokens up
+                to H_b (a prefix-cache hit), and the requests of the particles no copy keeps are
+                aborted. Re-submitting every particle every block, as before, cost a prefill and a
+                scheduling round trip per particle per block (DESIGN.md section 14).
   3. Stream.    The answer will be one of the particles, and every particle descends from the ones
-                alive now, so the prefix all of them share is final: it is yielded as it grows.
+                alive now at H_b, so the prefix all of them share up to H_b is final: it is yielded
+                as it grows.
+
+A particle's tokens depend only on its request's seed and prompt, never on when they arrive, so a
+seeded answer is reproducible.
 
 The answer is one final particle, drawn with chance ∝ e^w.
 
@@ -34,14 +44,15 @@ batch; each request's particles share one affinity, so a remote engine keeps the
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Sequence
 
 import numpy as np
 
-from service.engines.base import Engine
+from service.engines.base import Engine, SamplingOptions, derive_seed
 from service.power.config import PowerConfig
-from service.power.proposal import StopAt, Trajectory, propose
+from service.power.proposal import StopAt, Trajectory, normalisers
 from service.power.report import SamplerStats
 from service.power.sample import FinalTokens, PowerSample
 
@@ -80,64 +91,80 @@ class PowerSMCSampler:
     ) -> AsyncIterator[FinalTokens | PowerSample]:
         # numpy takes unsigned seed words; OpenAI seeds may be any 64-bit integer, negative too.
         rng = np.random.default_rng(None if config.seed is None else [config.seed % 2**64, run_id, 1])
-        affinity = uuid.uuid4().hex
         stats = SamplerStats(method="smc")
-        n = config.particles
-        particles = [Trajectory() for _ in range(n)]
-        log_weights = np.zeros(n)
-        streamed = 0
+        progress = asyncio.Event()  # set whenever a stream has news
 
-        for block in range(1, config.num_blocks + 1):
-            horizon = config.horizon(block)
-
-            # 1. Grow every particle that has not ended, all at once, and reweight.
-            growing = [i for i, p in enumerate(particles) if not p.ended and len(p) < horizon]
-            grown = await asyncio.gather(
-                *(
-                    propose(
-                        self.engine,
-                        prompt_ids,
-                        particles[i],
-                        horizon,
-                        config,
-                        seed=(run_id, block, i, "smc"),
-                        affinity=affinity,
-                        stop_at=stop_at,
-                    )
-                    for i in growing
-                )
+        def start(prefix: Trajectory, block: int, slot: int, why: str) -> _ParticleStream:
+            return _ParticleStream(
+                self.engine,
+                prompt_ids,
+                prefix,
+                config,
+                seed=(run_id, block, slot, why),
+                affinity=affinity,
+                stop_at=stop_at,
+                progress=progress,
+                stats=stats,
             )
-            for i, growth in zip(growing, grown, strict=True):
-                particles[i] = particles[i].extended(growth)
-                log_weights[i] += sum(growth.zetas)
-                stats.tokens_generated += len(growth)
-            if all(p.ended for p in particles):
-                break  # nothing left to grow: later blocks change nothing
-            if block == config.num_blocks:
-                break
 
-            # 2. Resample when the weights have degenerated.
-            ess = effective_sample_size(log_weights)
-            if ess < config.resample_threshold * n:
-                stats.resamples += 1
-                stats.min_ess = ess if stats.min_ess is None else min(stats.min_ess, ess)
-                ancestors = systematic_resample(log_weights, rng)
-                particles = [particles[a] for a in ancestors]
-                log_weights = np.zeros(n)
+        affinity = uuid.uuid4().hex
+        n = config.particles
+        particles = [start(Trajectory(), 0, i, "smc") for i in range(n)]
+        log_weights = np.zeros(n)
+        weighed = [0] * n  # tokens of each particle already in its weight
+        streamed = 0
+        try:
+            for block in range(1, config.num_blocks + 1):
+                horizon = config.horizon(block)
 
-            # 3. Stream the prefix every particle shares: no later step can change it.
-            shared = _common_prefix_length(particles)
-            if shared > streamed:
-                first = particles[0]
-                yield FinalTokens(
-                    first.token_ids[streamed:shared],
-                    first.logprobs[streamed:shared],
-                    first.top_logprobs[streamed:shared],
-                )
-                streamed = shared
+                # 1. Wait until every particle has grown to the horizon (or ended), and reweight by
+                #    its tokens up to there; a stream that ran ahead keeps its later tokens.
+                await _until_grown(particles, horizon, progress)
+                for i, particle in enumerate(particles):
+                    upto = min(len(particle.trajectory), horizon)
+                    log_weights[i] += sum(particle.trajectory.zetas[weighed[i] : upto])
+                    weighed[i] = upto
+                if all(p.ended_by(horizon) for p in particles) or block == config.num_blocks:
+                    break  # nothing left to grow: later blocks change nothing
 
-        w = np.exp(log_weights - log_weights.max())
-        answer = particles[int(rng.choice(n, p=w / w.sum()))]
+                # 2. Resample when the weights have degenerated: an ancestor's first copy keeps
+                #    its stream, every other copy is a new request from the ancestor's tokens up to
+                #    the horizon (a prefix-cache hit), and the streams no copy keeps are aborted.
+                ess = effective_sample_size(log_weights)
+                if ess < config.resample_threshold * n:
+                    stats.resamples += 1
+                    stats.min_ess = ess if stats.min_ess is None else min(stats.min_ess, ess)
+                    ancestors = systematic_resample(log_weights, rng)
+                    kept: set[int] = set()
+                    survivors = []
+                    for slot, a in enumerate(ancestors):
+                        if a in kept:
+                            survivors.append(start(particles[a].at(horizon), block, slot, "copy"))
+                        else:
+                            kept.add(a)
+                            survivors.append(particles[a])
+                    await _stop_all(p for i, p in enumerate(particles) if i not in kept)
+                    particles = survivors
+                    weighed = [min(len(p.trajectory), horizon) for p in particles]
+                    log_weights = np.zeros(n)
+
+                # 3. Stream the prefix every particle shares up to the horizon: no later step can
+                #    change it (a later copy restarts at a later horizon).
+                trajectories = [p.trajectory for p in particles]
+                shared = min(_common_prefix_length(trajectories), horizon)
+                if shared > streamed:
+                    first = trajectories[0]
+                    yield FinalTokens(
+                        first.token_ids[streamed:shared],
+                        first.logprobs[streamed:shared],
+                        first.top_logprobs[streamed:shared],
+                    )
+                    streamed = shared
+
+            w = np.exp(log_weights - log_weights.max())
+            answer = particles[int(rng.choice(n, p=w / w.sum()))].trajectory
+        finally:
+            await _stop_all(particles)
         stats.normaliser_error_bound = sum(answer.zeta_bounds)
         if stats.min_ess is None:
             stats.min_ess = effective_sample_size(log_weights)
@@ -148,6 +175,122 @@ class PowerSMCSampler:
             finish_reason="stop" if answer.ended else "length",
             stats=stats,
         )
+
+
+class _ParticleStream:
+    """One particle's engine request, held for the whole answer: its tokens, with what the weights
+    need, arrive into ``trajectory`` as the engine makes them, past the block's horizon too."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        prompt_ids: Sequence[int],
+        prefix: Trajectory,
+        config: PowerConfig,
+        *,
+        seed: tuple[int | str, ...],
+        affinity: str,
+        stop_at: StopAt | None,
+        progress: asyncio.Event,
+        stats: SamplerStats,
+    ):
+        self.engine = engine
+        self.trajectory = prefix
+        self.config = config
+        self.stop_at = stop_at
+        self.progress = progress
+        self.stats = stats
+        self.error: BaseException | None = None
+        self.task: asyncio.Task[None] | None = None
+        if not prefix.ended and len(prefix) < config.max_tokens:
+            self.task = asyncio.create_task(self._feed(prompt_ids, seed, affinity))
+
+    @property
+    def finished(self) -> bool:
+        """Nothing more will arrive: ended, at max_tokens, stopped or failed."""
+        return self.task is None or self.task.done()
+
+    def ended_by(self, horizon: int) -> bool:
+        """Ended (EOS or a stop) within ``horizon`` tokens: absorbing from this block on."""
+        return self.trajectory.ended and len(self.trajectory) <= horizon
+
+    def at(self, horizon: int) -> Trajectory:
+        """The particle as it stands at ``horizon``: the prefix a copy continues from."""
+        if self.ended_by(horizon):
+            return self.trajectory.extended(Trajectory(ended=True))
+        return self.trajectory.prefix(horizon)
+
+    async def stop(self) -> None:
+        if self.task is not None and not self.task.done():
+            self.task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.task
+
+    async def _feed(self, prompt_ids: Sequence[int], seed: tuple[int | str, ...], affinity: str) -> None:
+        config, prefix = self.config, self.trajectory
+        info = self.engine.info
+        k = min(config.top_logprobs, info.vocab_size)
+        options = SamplingOptions(
+            max_tokens=config.max_tokens - len(prefix),
+            temperature=config.proposal_temperature,
+            top_p=1.0,
+            top_logprobs=k,
+            seed=None if config.seed is None else derive_seed(config.seed, *seed),
+            # Stop strings need text; the engine's own check saves the tokens after a stop, ours
+            # (stop_at) also sees a stop that straddles the prefix and the stream.
+            stop=config.stop,
+            detokenize=bool(config.stop),
+        )
+        stream = self.engine.generate(
+            [*prompt_ids, *prefix.token_ids], options, stream=True, affinity=affinity
+        )
+        try:
+            async for part in stream:
+                self.stats.tokens_generated += len(part.token_ids)
+                zetas, bounds = normalisers(config, part.top_logprobs, k, info.vocab_size)
+                grown = Trajectory(part.token_ids, part.logprobs, zetas, bounds, part.top_logprobs)
+                self.trajectory = self._cut(self.trajectory.extended(grown), len(prefix))
+                self.progress.set()
+                if self.trajectory.ended:
+                    break  # a stop string: the engine's request is closed below
+        except Exception as exc:
+            self.error = exc
+        finally:
+            if isinstance(stream, AsyncGenerator):
+                await stream.aclose()  # aborts what the engine has left of the request
+            self.progress.set()
+
+    def _cut(self, trajectory: Trajectory, started: int) -> Trajectory:
+        """``trajectory`` ended at its first EOS or stop string after ``started`` tokens, if any."""
+        ids = trajectory.token_ids
+        eos = next(
+            (t for t in range(started, len(ids)) if ids[t] in self.engine.info.eos_token_ids), None
+        )
+        if eos is not None:
+            trajectory = trajectory.prefix(eos + 1)
+            trajectory.ended = True
+        if self.stop_at is not None and (keep := self.stop_at(trajectory.token_ids)) is not None:
+            trajectory = trajectory.prefix(max(keep, started + 1))
+            trajectory.ended = True
+        return trajectory
+
+
+async def _until_grown(
+    particles: Sequence[_ParticleStream], horizon: int, progress: asyncio.Event
+) -> None:
+    """Return when every particle has ``horizon`` tokens or has finished; raise a stream's error."""
+    while True:
+        progress.clear()
+        for particle in particles:
+            if particle.error is not None:
+                raise particle.error
+        if all(p.finished or len(p.trajectory) >= horizon for p in particles):
+            return
+        await progress.wait()
+
+
+async def _stop_all(particles: Iterable[_ParticleStream]) -> None:
+    await asyncio.gather(*(particle.stop() for particle in particles))
 
 
 def _common_prefix_length(particles: Sequence[Trajectory]) -> int:

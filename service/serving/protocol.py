@@ -66,6 +66,7 @@ __all__ = [
     "NamedToolChoice",
     "RequestModel",
     "StreamOptions",
+    "StructuredOutputs",
     "TextFormat",
     "TextPart",
     "ToolCall",

@@ -181,7 +181,9 @@ MH = replace(REQUEST, n=2, max_tokens=8, power_method="mh", block_size=4, mcmc_s
 MH_WORST_CASE = 2 * (8 + 2 * 4 + 2 * 8)
 # SMC: each of 3 particles grows to 8 tokens; two prompts, one choice each.
 SMC = replace(REQUEST, prompts=((1,), (2,)), max_tokens=8, power_method="smc", power_particles=3)
-SMC_WORST_CASE = 2 * 3 * 8
+# Per prompt: 3 particles' requests of up to 8 tokens, and at each of the 7 resampling points (1-token
+# blocks) 2 copies whose requests may run to the end.
+SMC_WORST_CASE = 2 * (3 * 8 + 2 * sum(8 - h for h in range(1, 8)))
 
 
 def test_worst_case_tokens() -> None:
