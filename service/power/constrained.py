@@ -34,10 +34,10 @@ from collections.abc import AsyncIterator, Sequence
 
 import numpy as np
 
-from service.engines.base import Engine, SamplingOptions, derive_seed
+from service.engines.base import Engine
 from service.power.config import PowerConfig
 from service.power.normaliser import log_normaliser
-from service.power.proposal import StopAt, Trajectory
+from service.power.proposal import StopAt, Trajectory, proposal_options
 from service.power.report import SamplerStats
 from service.power.sample import FinalTokens, PowerSample
 from service.power.smc import effective_sample_size
@@ -98,16 +98,9 @@ class ConstrainedPowerSampler:
         base model's unmasked ones (the self-reward), its ``top_logprobs`` the engine's, over the
         allowed tokens."""
         info = self.engine.info
-        k = min(config.top_logprobs, info.vocab_size)
-        options = SamplingOptions(
-            max_tokens=config.max_tokens,
-            temperature=config.proposal_temperature,
-            top_logprobs=k,
-            seed=None if config.seed is None else derive_seed(config.seed, *coordinates, "constrained"),
-            stop=config.stop,
-            detokenize=bool(config.stop),
-            constraint=config.constraint,
-        )
+        seed = (*coordinates, "constrained")
+        options = proposal_options(config, info.vocab_size, max_tokens=config.max_tokens, seed=seed)
+        k = options.top_logprobs
         out = await self.engine.complete(prompt_ids, options, affinity=affinity)
         token_ids, masked, top = out.token_ids, out.logprobs, out.top_logprobs
         ended = bool(token_ids) and token_ids[-1] in info.eos_token_ids

@@ -16,7 +16,7 @@ from service.engines.base import Engine, SamplingOptions, derive_seed
 from service.power.config import PowerConfig
 from service.power.normaliser import log_normaliser
 
-__all__ = ["StopAt", "Trajectory", "normalisers", "propose"]
+__all__ = ["StopAt", "Trajectory", "normalisers", "proposal_options", "propose"]
 
 # Given an answer's token ids, how many of them to keep: up to and including the token that completes
 # its first stop string; None when it holds none. Stops are text, so the request path decodes.
@@ -70,18 +70,8 @@ async def propose(
 ) -> Trajectory:
     """Draw a suffix from q after ``prompt + prefix``, until EOS, a stop or ``horizon`` tokens in all."""
     info = engine.info
-    k = min(config.top_logprobs, info.vocab_size)
-    options = SamplingOptions(
-        max_tokens=horizon - len(prefix),
-        temperature=config.proposal_temperature,
-        top_p=1.0,
-        top_logprobs=k,
-        seed=None if config.seed is None else derive_seed(config.seed, *seed),
-        # Stop strings need text; the engine's own check saves the tokens after a stop, ours
-        # (stop_at) also sees a stop that straddles the prefix and the suffix.
-        stop=config.stop,
-        detokenize=bool(config.stop),
-    )
+    options = proposal_options(config, info.vocab_size, max_tokens=horizon - len(prefix), seed=seed)
+    k = options.top_logprobs
     out = await engine.complete([*prompt_ids, *prefix.token_ids], options, affinity=affinity)
     token_ids, logprobs, top = out.token_ids, out.logprobs, out.top_logprobs
     ended = bool(token_ids) and token_ids[-1] in info.eos_token_ids
@@ -91,6 +81,25 @@ async def propose(
         ended = True
     zetas, bounds = normalisers(config, top, k, info.vocab_size)
     return Trajectory(token_ids, logprobs, zetas, bounds, top, ended)
+
+
+def proposal_options(
+    config: PowerConfig, vocab_size: int, *, max_tokens: int, seed: tuple[int | str, ...]
+) -> SamplingOptions:
+    """q as the engine samples it: temperature 1/alpha, no top-p, the raw top-k log-probs the
+    normalisers need, a seed derived from the request's and ``seed`` (the draw's coordinates)."""
+    return SamplingOptions(
+        max_tokens=max_tokens,
+        temperature=config.proposal_temperature,
+        top_p=1.0,
+        top_logprobs=min(config.top_logprobs, vocab_size),
+        seed=None if config.seed is None else derive_seed(config.seed, *seed),
+        # Stop strings need text; the engine's own check saves the tokens after a stop, ours
+        # (stop_at) also sees a stop that straddles the prefix and what is drawn after it.
+        stop=config.stop,
+        detokenize=bool(config.stop),
+        constraint=config.constraint,
+    )
 
 
 def normalisers(

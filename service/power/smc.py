@@ -50,9 +50,9 @@ from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Sequence
 
 import numpy as np
 
-from service.engines.base import Engine, SamplingOptions, derive_seed
+from service.engines.base import Engine
 from service.power.config import PowerConfig
-from service.power.proposal import StopAt, Trajectory, normalisers
+from service.power.proposal import StopAt, Trajectory, normalisers, proposal_options
 from service.power.report import SamplerStats
 from service.power.sample import FinalTokens, PowerSample
 
@@ -229,18 +229,9 @@ class _ParticleStream:
     async def _feed(self, prompt_ids: Sequence[int], seed: tuple[int | str, ...], affinity: str) -> None:
         config, prefix = self.config, self.trajectory
         info = self.engine.info
-        k = min(config.top_logprobs, info.vocab_size)
-        options = SamplingOptions(
-            max_tokens=config.max_tokens - len(prefix),
-            temperature=config.proposal_temperature,
-            top_p=1.0,
-            top_logprobs=k,
-            seed=None if config.seed is None else derive_seed(config.seed, *seed),
-            # Stop strings need text; the engine's own check saves the tokens after a stop, ours
-            # (stop_at) also sees a stop that straddles the prefix and the stream.
-            stop=config.stop,
-            detokenize=bool(config.stop),
-        )
+        max_tokens = config.max_tokens - len(prefix)
+        options = proposal_options(config, info.vocab_size, max_tokens=max_tokens, seed=seed)
+        k = options.top_logprobs
         stream = self.engine.generate(
             [*prompt_ids, *prefix.token_ids], options, stream=True, affinity=affinity
         )
