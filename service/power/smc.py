@@ -239,8 +239,14 @@ class _ParticleStream:
             async for part in stream:
                 self.stats.tokens_generated += len(part.token_ids)
                 zetas, bounds = normalisers(config, part.top_logprobs, k, info.vocab_size)
-                grown = Trajectory(part.token_ids, part.logprobs, zetas, bounds, part.top_logprobs)
-                self.trajectory = self._cut(self.trajectory.extended(grown), len(prefix))
+                # In place, not a copy per token: the stream owns its trajectory.
+                before, grown = len(self.trajectory), self.trajectory
+                grown.token_ids += part.token_ids
+                grown.logprobs += part.logprobs
+                grown.zetas += zetas
+                grown.zeta_bounds += bounds
+                grown.top_logprobs += part.top_logprobs
+                self.trajectory = self._cut(grown, new_from=before, started=len(prefix))
                 self.progress.set()
                 if self.trajectory.ended:
                     break  # a stop string: the engine's request is closed below
@@ -251,12 +257,12 @@ class _ParticleStream:
                 await stream.aclose()  # aborts what the engine has left of the request
             self.progress.set()
 
-    def _cut(self, trajectory: Trajectory, started: int) -> Trajectory:
-        """``trajectory`` ended at its first EOS or stop string after ``started`` tokens, if any."""
+    def _cut(self, trajectory: Trajectory, *, new_from: int, started: int) -> Trajectory:
+        """``trajectory`` ended at an EOS among its tokens from ``new_from`` on (those just arrived),
+        or at its first stop string after the ``started`` tokens it began with, if any."""
         ids = trajectory.token_ids
-        eos = next(
-            (t for t in range(started, len(ids)) if ids[t] in self.engine.info.eos_token_ids), None
-        )
+        eos_ids = self.engine.info.eos_token_ids
+        eos = next((t for t in range(new_from, len(ids)) if ids[t] in eos_ids), None)
         if eos is not None:
             trajectory = trajectory.prefix(eos + 1)
             trajectory.ended = True
