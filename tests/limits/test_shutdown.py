@@ -33,7 +33,17 @@ def draining_service(
 
 def test_sigterm_drains_requests_in_flight_then_exits(draining_service: ServiceProcess) -> None:
     service = draining_service
-    slow = {"model": f"{TINY_MODEL_NAME}-power", "prompt": "a b", "max_tokens": 3, "mcmc_steps": 250}
+    # Seeded, and four chains: an unseeded chain whose first token is EOS ends in milliseconds (CI
+    # saw it end before the drain began, twice).
+    slow = {
+        "model": f"{TINY_MODEL_NAME}-power",
+        "prompt": "a b",
+        "max_tokens": 3,
+        "n": 4,
+        "mcmc_steps": 120,
+        "seed": 11,
+        "cache": {"no-cache": True, "no-store": True},
+    }
     outcome: dict[str, object] = {}
 
     def slow_request() -> None:
