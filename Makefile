@@ -25,7 +25,7 @@ SWEEP_ARGS ?=
 ADMISSION_ARGS ?=
 TENANTS_ARGS ?=
 
-.PHONY: all install model serve test lint bench bench-serving bench-remote bench-jobs bench-admission bench-tenants distill docs stack load load-venv load-sweep replot-load system-deps clean
+.PHONY: all install model serve test lint bench bench-particles bench-serving bench-remote bench-jobs bench-admission bench-tenants distill docs stack load load-venv load-sweep replot-load system-deps clean
 
 all: serve
 
@@ -83,6 +83,10 @@ lint: $(STAMP)
 bench: $(STAMP) model
 	$(BIN)/python -m loadtests.bench_methods
 	$(BIN)/python -m loadtests.bench_power
+
+# SMC's particles against their floor (plain n = N), and load-adaptive N (issue 22).
+bench-particles: $(STAMP) model
+	$(BIN)/python -m loadtests.bench_particles
 
 # Start-up, decode throughput, Redis cache hits under 100 clients.
 bench-serving: $(STAMP) model system-deps

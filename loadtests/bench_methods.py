@@ -42,6 +42,8 @@ from service.distill.data import DEFAULT_PROMPTS, read_prompts
 from service.distill.evaluate import answer_is_correct
 from service.model_store import ensure_default_model
 
+__all__ = ["ask", "summary_of"]  # what bench_particles uses
+
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(
@@ -69,7 +71,12 @@ def configs(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
 
 
 async def ask(
-    client: httpx.AsyncClient, base: str, params: dict[str, Any], prompt: str, seed: int, max_tokens: int
+    client: httpx.AsyncClient,
+    base: str,
+    params: dict[str, Any],
+    prompt: str,
+    seed: int | None,
+    max_tokens: int,
 ) -> dict:
     route = params["model"]
     model = {"plain": base, "power": f"{base}-power", "distilled": f"{base}-distilled"}[route]

@@ -315,8 +315,24 @@ class PowerSettings(_SettingsGroup):
         4,
         ge=1,
         le=256,
-        description="Default SMC particles per answer (4: the most self-reward per second of latency "
-        "in make bench).",
+        description="SMC particles per answer (the fewest load-adaptive N gives, and a seeded "
+        "request's N; 4: the most self-reward per second of latency in make bench).",
+    )
+    power_particles_max: int = Field(
+        4,
+        ge=1,
+        le=256,
+        description="SMC particles per answer on an idle engine: a request that sets none gets what "
+        "the batch has room for (power-batch-room less the sequences in flight), between "
+        "power-particles and this. At or below power-particles (the default) N is fixed: on the "
+        "2-core CPU of make bench-particles, 8 particles took 1.45x the p50 of 4 one request at a "
+        "time. Raise it (8) where the batch has width to spare, as on a GPU.",
+    )
+    power_batch_room: int = Field(
+        16,
+        ge=1,
+        description="Sequences the engine (all workers together) decodes at little more cost per "
+        "step than one; load-adaptive N fills it.",
     )
     power_mcmc_steps: int = Field(10, ge=0, description="Default Metropolis-Hastings steps per block.")
     power_max_tokens: int = Field(

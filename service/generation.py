@@ -41,6 +41,8 @@ class GenerationRequest:
     mcmc_steps: int | None = None
     block_size: int | None = None
     power_stream_lag: int | None = None
+    # The most tokens generated per token returned the caller will pay (the route fits N or steps).
+    power_budget: float | None = None
     # Structured outputs (response_format, or a tool call the request requires).
     constraint: Constraint | None = None
     # The request field the constraint came from, for error messages.

@@ -94,6 +94,8 @@ def tiny_service(
     env = {"REDIS_URL": redis_server.url}
     # MH is the reference sampler the exactness tests check; SMC requests name their method.
     args += ["--max-n", "512", "--power-method", "mh"]
+    # SMC requests that set no N get 4 to 8 particles by the engine's load (off by default).
+    args += ["--power-particles-max", "8"]
     service = start_service(tmp_path_factory, "tiny", args, env=env)
     yield service
     service.stop()

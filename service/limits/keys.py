@@ -12,6 +12,8 @@ Keys come from two places, both optional:
       project = "search-team"   # optional: keys of one project share their files, batches, jobs
                                 # and fine-tuned models; without it a key is a project of its own
       admin = true              # optional: an operator's key, which sees every project's objects
+      power_budget = 4          # optional: the power_budget of this key's power requests that
+                                # set none (tokens generated per token returned)
 
 A presented key is hashed and compared with every stored hash by ``hmac.compare_digest``, so the time
 taken says nothing about how much of a key was right, nor which key it was close to.
@@ -22,6 +24,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import math
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,13 +42,15 @@ def hash_key(key: str) -> str:
 class ApiKey:
     """A key's name (what logs and limits see, never the key), its own limits (None follows the
     settings, 0 is unlimited), the project that owns what it creates, and whether it is an
-    operator's key that sees every project."""
+    operator's key that sees every project, and the ``power_budget`` its power requests get when
+    they set none."""
 
     name: str
     rpm: int | None = None
     tpm: int | None = None
     project_name: str | None = None
     admin: bool = False
+    power_budget: float | None = None
 
     @property
     def project(self) -> str:
@@ -123,5 +128,12 @@ def _read_keys_file(path: Path) -> dict[str, ApiKey]:
         admin = entry.get("admin", False)
         if not isinstance(admin, bool):
             raise ValueError(f"{path}: key {name!r}: admin must be true or false")
-        keys[digest] = ApiKey(str(name), **limits, project_name=project, admin=admin)
+        budget = entry.get("power_budget")
+        if budget is not None and (
+            isinstance(budget, bool) or not isinstance(budget, int | float) or not 1 <= budget < math.inf
+        ):
+            raise ValueError(f"{path}: key {name!r}: power_budget must be a number >= 1")
+        keys[digest] = ApiKey(
+            str(name), **limits, project_name=project, admin=admin, power_budget=budget
+        )
     return keys

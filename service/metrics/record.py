@@ -25,6 +25,7 @@ from service.metrics.registry import (
     POWER_ACCEPTANCE_RATE,
     POWER_COST_MULTIPLIER,
     POWER_REQUESTS,
+    POWER_SMC_PARTICLES,
     POWER_SMC_RESAMPLES,
     RATE_LIMIT_ERRORS,
     REJECTIONS,
@@ -104,6 +105,8 @@ def answer_computed(route: str, result: GenerationResult) -> None:
         POWER_COST_MULTIPLIER.observe(power.cost_multiplier)
     if power.acceptance_rate is not None:
         POWER_ACCEPTANCE_RATE.observe(power.acceptance_rate)
+    if power.particles is not None:
+        POWER_SMC_PARTICLES.labels(power.chosen_by or "request").observe(power.particles)
     for choice in result.choices:
         if power.method == "smc" and choice.sampler is not None:
             POWER_SMC_RESAMPLES.observe(choice.sampler.resamples)

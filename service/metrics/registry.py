@@ -36,6 +36,7 @@ __all__ = [
     "POWER_ACCEPTANCE_RATE",
     "POWER_COST_MULTIPLIER",
     "POWER_REQUESTS",
+    "POWER_SMC_PARTICLES",
     "POWER_SMC_RESAMPLES",
     "RATE_LIMIT_ERRORS",
     "REGISTRY",
@@ -119,6 +120,14 @@ POWER_SMC_RESAMPLES = Histogram(
     "powerserve_power_smc_resamples",
     "Resampling events per SMC answer.",
     buckets=(0, 1, 2, 4, 8, 16, 32, 64),
+    registry=REGISTRY,
+)
+POWER_SMC_PARTICLES = Histogram(
+    "powerserve_power_smc_particles",
+    "Particles per SMC request, by what chose them: request, default, seed (a seeded request's "
+    "fixed N), load (the room in the engine's batch) or budget (the request's power_budget).",
+    ["chosen_by"],
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
     registry=REGISTRY,
 )
 POWER_REQUESTS = Counter(

@@ -46,7 +46,9 @@ class ChoiceGenerator:
         )
         if resolved.power is not None:
             runs = [c.sampler for c in choices if c.sampler is not None]
-            result.power = PowerReport.summarise(resolved.power, runs, result.completion_tokens)
+            result.power = PowerReport.summarise(
+                resolved.power, runs, result.completion_tokens, resolved.power_choice
+            )
         return result
 
     def _choice(

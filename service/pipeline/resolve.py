@@ -10,7 +10,7 @@ samplers, the metrics) reads the resolved request only.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 from service.config import Settings
@@ -18,7 +18,8 @@ from service.engines.base import EngineInfo, SamplingOptions
 from service.errors import ContextLengthError, InvalidRequestError, TokenBudgetError
 from service.generation import GenerationRequest
 from service.pipeline.catalog import ModelRoute, RouteKind
-from service.power import PowerConfig
+from service.pipeline.power_choice import default_particles, fit_budget
+from service.power import PowerChoice, PowerConfig
 
 __all__ = ["POWER_FIELDS", "ResolvedRequest", "resolve"]
 
@@ -30,6 +31,7 @@ POWER_FIELDS = (
     "mcmc_steps",
     "block_size",
     "power_stream_lag",
+    "power_budget",
 )
 # PowerConfig fields -> the request parameters that set them, for error messages.
 _POWER_PARAMS = {
@@ -55,6 +57,8 @@ class ResolvedRequest:
     # Exactly one of the two: how a plain or distilled choice samples, or how a power choice does.
     sampling: SamplingOptions | None = None
     power: PowerConfig | None = None
+    # What chose the power sampler's size (not part of the answer: the cache key leaves it out).
+    power_choice: PowerChoice | None = None
 
     @property
     def num_choices(self) -> int:
@@ -67,6 +71,13 @@ class ResolvedRequest:
         that self-rewards compare."""
         constrained = self.sampling is not None and self.sampling.constraint is not None
         return self.route.kind is RouteKind.DISTILLED or constrained
+
+    @property
+    def sequences(self) -> int:
+        """Engine sequences this request runs at once: one per choice, or per SMC particle."""
+        if self.power is not None and self.power.method == "smc":
+            return self.power.particles * self.num_choices
+        return self.num_choices
 
     @property
     def worst_case_tokens(self) -> int:
@@ -91,8 +102,14 @@ class ResolvedRequest:
 
 
 def resolve(
-    route: ModelRoute, request: GenerationRequest, settings: Settings, info: EngineInfo
+    route: ModelRoute,
+    request: GenerationRequest,
+    settings: Settings,
+    info: EngineInfo,
+    *,
+    load: int = 0,
 ) -> ResolvedRequest:
+    """``load``: the engine sequences in flight, which size the power route's default N."""
     if request.n > settings.max_n:
         raise InvalidRequestError(f"n must be <= {settings.max_n}.", param="n")
     common: dict[str, Any] = dict(
@@ -106,7 +123,13 @@ def resolve(
     )
     if route.kind is RouteKind.POWER:
         max_tokens = _max_tokens(request, info, default=settings.power_max_tokens)
-        resolved = ResolvedRequest(**common, power=_power_config(request, settings, max_tokens))
+        config, choice = _power_config(request, settings, max_tokens, load)
+        resolved = ResolvedRequest(**common, power=config, power_choice=choice)
+        if choice.chosen_by == "load" and resolved.worst_case_tokens > settings.power_token_budget:
+            # The load's choice must not turn a request that fits at the fixed N into a 400.
+            config = replace(config, particles=settings.power_particles)
+            choice = replace(choice, chosen_by="default", engine_load=None)
+            resolved = replace(resolved, power=config, power_choice=choice)
         _check_budget(resolved, settings.power_token_budget)
         return resolved
     for name in POWER_FIELDS:
@@ -130,7 +153,9 @@ def resolve(
     return ResolvedRequest(**common, sampling=sampling)
 
 
-def _power_config(request: GenerationRequest, settings: Settings, max_tokens: int) -> PowerConfig:
+def _power_config(
+    request: GenerationRequest, settings: Settings, max_tokens: int, load: int
+) -> tuple[PowerConfig, PowerChoice]:
     if request.logit_bias:
         raise InvalidRequestError(
             "`logit_bias` is not supported on the power route: it would change its target.",
@@ -174,13 +199,20 @@ def _power_config(request: GenerationRequest, settings: Settings, max_tokens: in
         raise InvalidRequestError(
             "`power_particles` applies to power_method `smc`.", param="power_particles"
         )
+    # The sampler's size: the request's own (power_particles or mcmc_steps), else the route's.
+    asked = request.power_particles is not None or request.mcmc_steps is not None
+    particles, choice = settings.power_particles, PowerChoice("request" if asked else "default")
+    if method == "smc" and request.power_particles is not None:
+        particles = request.power_particles
+    elif method == "smc":
+        particles, choice = default_particles(settings, load=load, seeded=request.seed is not None)
     try:
-        return PowerConfig(
+        config = PowerConfig(
             max_tokens=max_tokens,
             method=method,
             alpha=alpha,
             mcmc_steps=settings.power_mcmc_steps if request.mcmc_steps is None else request.mcmc_steps,
-            particles=request.power_particles or settings.power_particles,
+            particles=particles,
             block_size=request.block_size,
             top_logprobs=settings.power_top_logprobs,
             stream_lag=request.power_stream_lag,
@@ -194,6 +226,9 @@ def _power_config(request: GenerationRequest, settings: Settings, max_tokens: in
         if field == "alpha" and request.power_alpha is None:
             param = "temperature"
         raise InvalidRequestError(str(exc), param=param) from exc
+    if request.power_budget is None:
+        return config, choice
+    return fit_budget(config, choice, request.power_budget, asked=asked)
 
 
 def _check_budget(resolved: ResolvedRequest, budget: int) -> None:

@@ -45,6 +45,12 @@ class AnswerStream:
     events: AsyncIterator[StreamEvent]
 
 
+# How long a resolved request counts toward the load before it starts computing, and how many such
+# requests are counted at most.
+_PENDING_S = 2.0
+_PENDING_MAX = 4096
+
+
 class CompletionService:
     def __init__(
         self,
@@ -66,6 +72,13 @@ class CompletionService:
         # (time.monotonic): batch work yields to them.
         self.interactive_in_flight = 0
         self.interactive_ended_at = float("-inf")
+        # Engine sequences the answers being computed now run (or are about to start): with the
+        # engine's own count, the load that sizes the power route's default N.
+        self.sequences_in_flight = 0
+        # Sequences of requests resolved but not computing yet, by id(resolved): a burst of
+        # arrivals resolves before any of it reaches the engine. An entry leaves when its request
+        # starts computing, or after _PENDING_S (one answered from the cache never does).
+        self._pending: dict[int, tuple[float, int]] = {}
 
     def interactive_busy(self, within_s: float) -> bool:
         """Whether an interactive answer is being computed, or ended less than ``within_s`` ago
@@ -74,13 +87,16 @@ class CompletionService:
         return self.interactive_in_flight > 0 or recent
 
     @contextmanager
-    def _computing(self) -> Iterator[None]:
+    def _computing(self, resolved: ResolvedRequest) -> Iterator[None]:
         interactive = current_priority() == 0
         self.interactive_in_flight += interactive
+        self.sequences_in_flight += resolved.sequences
+        self._pending.pop(id(resolved), None)
         try:
             yield
         finally:
             self.interactive_in_flight -= interactive
+            self.sequences_in_flight -= resolved.sequences
             if interactive:
                 self.interactive_ended_at = time.monotonic()
 
@@ -100,7 +116,16 @@ class CompletionService:
         """Step 1; raises (a 4xx) before any work starts."""
         for prompt in request.prompts:
             self.renderer.validate_ids(prompt, param=request.prompt_param)
-        return resolve(route, request, self.settings, self.engine.info)
+        # The engine's count misses answers whose requests are not submitted yet (a burst of
+        # arrivals), ours misses work the engine holds for others (a fine-tuning job's evaluation).
+        now = time.monotonic()
+        self._pending = {k: v for k, v in self._pending.items() if now - v[0] < _PENDING_S}
+        pending = sum(sequences for _, sequences in self._pending.values())
+        load = max(self.engine.num_running_requests(), self.sequences_in_flight) + pending
+        resolved = resolve(route, request, self.settings, self.engine.info, load=load)
+        if len(self._pending) < _PENDING_MAX:
+            self._pending[id(resolved)] = (now, resolved.sequences)
+        return resolved
 
     async def generate(
         self, resolved: ResolvedRequest, control: CacheControl = _NO_CONTROL
@@ -146,7 +171,7 @@ class CompletionService:
         return AnswerStream("miss", _timed(self._stream_computed(resolved, policy), kind, began))
 
     async def _compute(self, resolved: ResolvedRequest) -> GenerationResult:
-        with record.in_flight(resolved.route.kind), self._computing():
+        with record.in_flight(resolved.route.kind), self._computing(resolved):
             choices = [
                 c async for c in self.generator.choices(resolved, stream=False) if isinstance(c, Choice)
             ]
@@ -167,7 +192,7 @@ class CompletionService:
         kind = resolved.route.kind
         # A cacheable stream leads its single flight: identical requests arriving meanwhile wait.
         leading = self._flight.lead(policy.key) if policy is not None else nullcontext()
-        with record.in_flight(kind), self._computing(), leading as future:
+        with record.in_flight(kind), self._computing(resolved), leading as future:
             choices: list[Choice] = []
             async for event in self.generator.choices(resolved, stream=True):
                 if isinstance(event, Choice):

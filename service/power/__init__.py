@@ -7,15 +7,17 @@ from service.power.constrained import ConstrainedPowerSampler
 from service.power.mh import SuffixMHSampler
 from service.power.normaliser import log_normaliser
 from service.power.proposal import StopAt, Trajectory
-from service.power.report import PowerReport, SamplerStats
+from service.power.report import ChosenBy, PowerChoice, PowerReport, SamplerStats
 from service.power.sample import FinalTokens, PowerSample
 from service.power.samplers import Sampler, sampler_for
 from service.power.smc import PowerSMCSampler
 
 __all__ = [
     "POWER_METHODS",
+    "ChosenBy",
     "ConstrainedPowerSampler",
     "FinalTokens",
+    "PowerChoice",
     "PowerConfig",
     "PowerMethod",
     "PowerReport",

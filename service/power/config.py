@@ -103,6 +103,15 @@ class PowerConfig:
         """The proposal is the base model at temperature 1/alpha (at 1 in the alpha = inf limit)."""
         return 1.0 if math.isinf(self.alpha) else 1.0 / self.alpha
 
+    def planned_cost(self) -> float:
+        """Tokens the engine generates per token returned, as planned (what ``power_budget``
+        bounds). SMC: one answer's tokens per particle (a resampled copy continues from its
+        ancestor's tokens, and the particle it replaces stopped where the copy starts). MH: the
+        worst case, which proposals that end at EOS only undercut."""
+        if self.method == "smc":
+            return float(self.particles)
+        return self.worst_case_tokens() / self.max_tokens
+
     def worst_case_tokens(self) -> int:
         """Most tokens one answer can make the engine generate. MH: each block's extension plus, per
         step, a proposal that regrows the whole answer up to the block's horizon. SMC: every

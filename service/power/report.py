@@ -5,13 +5,29 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import ConfigDict
 
 from service.power.config import PowerConfig, PowerMethod
 
-__all__ = ["PowerReport", "SamplerStats"]
+__all__ = ["ChosenBy", "PowerChoice", "PowerReport", "SamplerStats"]
+
+# What set the sampler's size: the request's own parameters, the operator's default (fixed N, or
+# MH's steps), the fixed N of a seeded request, the engine's load, or the request's power_budget
+# (service/pipeline/power_choice.py).
+ChosenBy = Literal["request", "default", "seed", "load", "budget"]
+
+
+@dataclass(frozen=True)
+class PowerChoice:
+    """Why the power route runs the sampler's size it runs: for the report and the metrics."""
+
+    chosen_by: ChosenBy
+    # Engine sequences in flight when the route chose (load-adaptive N).
+    engine_load: int | None = None
+    # The most tokens generated per returned token the caller would pay.
+    budget: float | None = None
 
 
 @dataclass
@@ -62,10 +78,19 @@ class PowerReport:
     particles: int | None = None
     resamples: int | None = None
     min_ess: float | None = None
+    # PowerChoice's fields: what set N or the steps, the engine sequences in flight when the load
+    # did, and the request's power_budget.
+    chosen_by: ChosenBy | None = None
+    engine_load: int | None = None
+    budget: float | None = None
 
     @classmethod
     def summarise(
-        cls, config: PowerConfig, runs: Sequence[SamplerStats], returned_tokens: int
+        cls,
+        config: PowerConfig,
+        runs: Sequence[SamplerStats],
+        returned_tokens: int,
+        choice: PowerChoice | None = None,
     ) -> PowerReport:
         generated = sum(run.tokens_generated for run in runs)
         report = cls(
@@ -75,6 +100,9 @@ class PowerReport:
             tokens_generated=generated,
             cost_multiplier=generated / returned_tokens if returned_tokens else None,
             normaliser_error_bound=max((run.normaliser_error_bound for run in runs), default=0.0),
+            chosen_by=None if choice is None else choice.chosen_by,
+            engine_load=None if choice is None else choice.engine_load,
+            budget=None if choice is None else choice.budget,
         )
         if config.method == "mh":
             proposals = sum(run.proposals for run in runs)
@@ -95,6 +123,7 @@ class PowerReport:
         mh = ("mcmc_steps", "stream_lag", "proposals", "accepted", "acceptance_rate")
         smc = ("particles", "resamples", "min_ess")
         skip = smc if self.method == "mh" else mh
-        data = {k: v for k, v in self.__dict__.items() if k not in skip}
+        unset = {k for k in ("engine_load", "budget") if getattr(self, k) is None}
+        data = {k: v for k, v in self.__dict__.items() if k not in skip and k not in unset}
         data["alpha"] = self.alpha if math.isfinite(self.alpha) else "inf"
         return data

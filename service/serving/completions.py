@@ -140,7 +140,7 @@ class CompletionsServing(abc.ABC, Generic[RequestT]):
         """The whole response. ``offline`` work (a batch line, a job) over its limits or the
         server's capacity waits for room instead of failing."""
         response_id, created = new_id(prepared.fmt.id_prefix), now()
-        resolved = self.pipeline.resolve(prepared.route, prepared.generation)
+        resolved = self._resolve(prepared.route, prepared.generation, caller)
         control = self._control(prepared.control, caller)
         result, quota = await self._computed(resolved, control, caller, offline=offline)
         body = _body(result, prepared.fmt, response_id, created, prepared.route)
@@ -148,7 +148,7 @@ class CompletionsServing(abc.ABC, Generic[RequestT]):
 
     async def stream(self, prepared: Prepared, caller: Caller) -> StreamedAnswer:
         response_id, created, began = new_id(prepared.fmt.id_prefix), now(), time.monotonic()
-        resolved = self.pipeline.resolve(prepared.route, prepared.generation)
+        resolved = self._resolve(prepared.route, prepared.generation, caller)
         ticket = await self._admit(caller, resolved.worst_case_tokens, offline=False)
         try:
             control = self._control(prepared.control, caller)
@@ -189,7 +189,7 @@ class CompletionsServing(abc.ABC, Generic[RequestT]):
         """One request's result without a response body (a fine-tuning job's teacher and
         evaluation requests): the same gate and request path as ``answer``, as offline work."""
         route = self.models.route(model_id, caller)
-        resolved = self.pipeline.resolve(route, request)
+        resolved = self._resolve(route, request, caller)
         control = self._control(CacheControl(), caller)
         result, _quota = await self._computed(resolved, control, caller, offline=True)
         return result
@@ -218,6 +218,14 @@ class CompletionsServing(abc.ABC, Generic[RequestT]):
                 f"{context}.",
                 param=param,
             )
+
+    def _resolve(self, route: ModelRoute, request: GenerationRequest, caller: Caller) -> ResolvedRequest:
+        """Step 1 of the request path, with the caller's key's power_budget for a power request
+        that sets none."""
+        budget = caller.key.power_budget if caller.key is not None else None
+        if route.kind is RouteKind.POWER and request.power_budget is None and budget is not None:
+            request = replace(request, power_budget=budget)
+        return self.pipeline.resolve(route, request)
 
     def _control(self, control: CacheControl, caller: Caller) -> CacheControl:
         """The request's cache control, in the caller's project's partition of the cache."""

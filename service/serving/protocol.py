@@ -10,9 +10,10 @@ does not support (legacy ``functions``, vLLM's sampling extras such as ``top_k``
 naming them unless they hold their neutral value, and unknown fields are logged once by name.
 
 Extensions beside the OpenAI fields: the power route's parameters (``power_method``,
-``power_particles``, ``power_alpha``, ``mcmc_steps``, ``block_size``, ``power_stream_lag``;
-``extra_body`` in the OpenAI SDK), vLLM's ``structured_outputs`` (a regex or a choice), and in
-responses a ``self_reward`` object on every route and a ``power`` report on the power route.
+``power_particles``, ``power_alpha``, ``mcmc_steps``, ``block_size``, ``power_stream_lag``,
+``power_budget``; ``extra_body`` in the OpenAI SDK), vLLM's ``structured_outputs`` (a regex or a
+choice), and in responses a ``self_reward`` object on every route and a ``power`` report on the
+power route.
 """
 
 from __future__ import annotations
@@ -292,6 +293,7 @@ class _SamplingFields(CheckedRequest):
     mcmc_steps: Annotated[int, Field(ge=0)] | None = None
     block_size: Annotated[int, Field(ge=1)] | None = None
     power_stream_lag: Annotated[int, Field(ge=0)] | None = None
+    power_budget: Annotated[float, Field(ge=1, allow_inf_nan=False)] | None = None
 
     @field_validator("stop")
     @classmethod
@@ -358,6 +360,7 @@ class _SamplingFields(CheckedRequest):
             mcmc_steps=self.mcmc_steps,
             block_size=self.block_size,
             power_stream_lag=self.power_stream_lag,
+            power_budget=self.power_budget,
             prompt_param=prompt_param,
             constraint=constraint[0] if constraint else None,
             constraint_param=constraint[1] if constraint else "response_format",

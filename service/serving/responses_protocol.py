@@ -205,6 +205,7 @@ class ResponseCreateRequest(CheckedRequest):
     mcmc_steps: int | None = None
     block_size: int | None = None
     power_stream_lag: int | None = None
+    power_budget: float | None = None
 
     @field_validator("tools", mode="before")
     @classmethod

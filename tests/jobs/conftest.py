@@ -17,7 +17,8 @@ from service.limits import hash_key
 from tests.conftest import start_service, tiny_engine_args
 
 # name -> (key, project, admin); the keys file holds their hashes. red has two keys; green's key
-# has a requests-per-minute limit (whose headers show what a batch was charged).
+# has a requests-per-minute limit (whose headers show what a batch was charged); alan's power
+# requests that set no power_budget get his key's.
 KEYS = {
     "ops": ("sk-ops", "ops", True),
     "alice": ("sk-alice", "red", False),
@@ -26,6 +27,7 @@ KEYS = {
     "batcher": ("sk-batcher", "green", False),
 }
 RPM = {"batcher": 1000}
+POWER_BUDGET = {"alan": 2.0}
 ADMIN_KEY = KEYS["ops"][0]
 
 
@@ -34,6 +36,7 @@ def write_keys_file(path: Path) -> Path:
         f'[keys.{name}]\nsha256 = "{hash_key(key)}"\nproject = "{project}"\n'
         + ("admin = true\n" if admin else "")
         + (f"rpm = {RPM[name]}\n" if name in RPM else "")
+        + (f"power_budget = {POWER_BUDGET[name]}\n" if name in POWER_BUDGET else "")
         for name, (key, project, admin) in KEYS.items()
     ]
     path.write_text("\n".join(entries))

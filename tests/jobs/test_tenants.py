@@ -189,3 +189,29 @@ def test_a_large_batch_does_not_make_another_projects_batch_wait(jobs_gateway: J
     assert meanwhile.status == "in_progress", meanwhile
     assert meanwhile.request_counts is not None and meanwhile.request_counts.completed < 100
     assert _wait_batch(alice, large.id).status == "completed"
+
+
+def test_a_keys_power_budget_is_the_default_of_its_power_requests(jobs_gateway: JobsGateway) -> None:
+    """alan's key sets power_budget = 2: his SMC requests that set none run at most 2 particles,
+    one that sets its own keeps it; alice's key (same project) has none; his plain requests are
+    not refused for a power field he never sent."""
+
+    def report(name: str, **extra: object) -> dict[str, Any]:
+        completion = _client(jobs_gateway, name).completions.create(
+            model=f"{TINY_MODEL_NAME}-power",
+            prompt="a b",
+            max_tokens=3,
+            extra_body={"power_method": "smc", **extra},
+        )
+        return (completion.model_extra or {})["power"]
+
+    alan = report("alan")
+    assert (alan["particles"], alan["chosen_by"], alan["budget"]) == (2, "budget", 2.0)
+    own = report("alan", power_budget=3)
+    assert (own["particles"], own["budget"]) == (3, 3.0)
+    alice = report("alice")
+    assert (alice["particles"], alice["chosen_by"]) == (4, "default") and "budget" not in alice
+    plain = _client(jobs_gateway, "alan").completions.create(
+        model=TINY_MODEL_NAME, prompt="a b", max_tokens=2
+    )
+    assert plain.choices[0].finish_reason in ("stop", "length")

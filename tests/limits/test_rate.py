@@ -150,16 +150,24 @@ def test_keys_name_their_project_and_admin(tmp_path: Path) -> None:
     keys_file.write_text(
         f'[keys.alice]\nsha256 = "{hash_key("sk-a")}"\nproject = "red"\n'
         f'[keys.ops]\nsha256 = "{hash_key("sk-o")}"\nadmin = true\n'
-        f'[keys.bob]\nsha256 = "{hash_key("sk-b")}"\n'
+        f'[keys.bob]\nsha256 = "{hash_key("sk-b")}"\npower_budget = 3\n'
     )
     ring = KeyRing.from_settings("carol=sk-c", keys_file)
     alice, ops, bob, carol = (ring.authenticate(k) for k in ("sk-a", "sk-o", "sk-b", "sk-c"))
     assert alice is not None and (alice.project, alice.admin) == ("red", False)
     assert ops is not None and (ops.project, ops.admin) == ("ops", True)
     assert bob is not None and bob.project == "bob"  # a key without a project is its own
+    assert (bob.power_budget, alice.power_budget) == (3, None)
     assert carol is not None and carol.project == "carol"
     assert ring.named("alice") == alice and ring.named("nobody") is None
-    for entry, problem in (('project = ""', "project"), ('admin = "yes"', "admin")):
+    problems = [
+        ('project = ""', "project"),
+        ('admin = "yes"', "admin"),
+        ("power_budget = 0.5", "power_budget"),
+        ("power_budget = inf", "power_budget"),
+        ("power_budget = true", "power_budget"),
+    ]
+    for entry, problem in problems:
         bad = tmp_path / "bad.toml"
         bad.write_text(f'[keys.eve]\nsha256 = "{hash_key("sk-e")}"\n{entry}\n')
         with pytest.raises(ValueError, match=problem):

@@ -14,6 +14,7 @@ from service.engines.base import DISTILLED_ADAPTER, EngineInfo
 from service.errors import ContextLengthError, InvalidRequestError, TokenBudgetError
 from service.generation import GenerationRequest
 from service.pipeline import POWER_FIELDS, ModelRoute, RouteKind, resolve
+from service.power import PowerChoice
 
 INFO = EngineInfo(model_id="m", max_model_len=4096, vocab_size=8, eos_token_ids=frozenset({3}))
 PLAIN = ModelRoute("m", RouteKind.PLAIN, "m")
@@ -21,6 +22,8 @@ POWER = ModelRoute("m-power", RouteKind.POWER, "m")
 DISTILLED = ModelRoute("m-distilled", RouteKind.DISTILLED, "m", adapter=DISTILLED_ADAPTER)
 REQUEST = GenerationRequest(prompts=((1, 2, 3),))
 SETTINGS = Settings()
+# Load-adaptive N, between 4 (a busy engine) and 8 (an idle one), in a batch room of 16.
+ADAPTIVE = Settings(power_particles=4, power_particles_max=8, power_batch_room=16)
 
 # Power fields set to a valid value each, for the routes that must refuse them.
 POWER_VALUES: dict[str, Any] = {
@@ -30,6 +33,7 @@ POWER_VALUES: dict[str, Any] = {
     "mcmc_steps": 2,
     "block_size": 4,
     "power_stream_lag": 1,
+    "power_budget": 2.0,
 }
 
 
@@ -65,9 +69,11 @@ def test_the_distilled_route_samples_its_adapter_and_is_rescored() -> None:
 
 
 def test_power_defaults_come_from_the_settings() -> None:
+    assert SETTINGS.power_particles_max <= SETTINGS.power_particles  # fixed N unless raised
     for settings in (Settings(), Settings(power_method="mh", power_mcmc_steps=3, power_max_tokens=32)):
-        config = resolve(POWER, REQUEST, settings, INFO).power
-        assert config is not None
+        resolved = resolve(POWER, REQUEST, settings, INFO, load=0)
+        config = resolved.power
+        assert config is not None and resolved.power_choice == PowerChoice("default")
         assert config.method == settings.power_method
         assert config.alpha == settings.power_alpha
         assert config.particles == settings.power_particles
@@ -98,6 +104,72 @@ def test_the_request_overrides_power_defaults() -> None:
     assert (config.stream_lag, config.max_tokens, config.seed) == (1, 16, 5)
     smc = resolve(POWER, replace(REQUEST, power_method="smc", power_particles=3), SETTINGS, INFO)
     assert smc.power is not None and smc.power.particles == 3
+
+
+# --- the sampler's size: the engine's load and the request's budget --------------------------------
+
+
+@pytest.mark.parametrize(
+    ("load", "particles"),
+    [(0, 8), (9, 7), (12, 4), (400, 4)],  # power_batch_room 16 less the load, within [4, 8]
+)
+def test_particles_fill_the_room_in_the_engines_batch(load: int, particles: int) -> None:
+    resolved = resolve(POWER, REQUEST, ADAPTIVE, INFO, load=load)
+    assert resolved.power is not None and resolved.power.particles == particles
+    assert resolved.power_choice == PowerChoice("load", engine_load=load)
+
+
+def test_what_the_load_does_not_choose() -> None:
+    seeded = resolve(POWER, replace(REQUEST, seed=7), ADAPTIVE, INFO, load=0)
+    assert seeded.power is not None and seeded.power.particles == ADAPTIVE.power_particles
+    assert seeded.power_choice == PowerChoice("seed")  # the same seed, the same answer, any load
+    asked = resolve(POWER, replace(REQUEST, power_particles=2), ADAPTIVE, INFO, load=0)
+    assert asked.power is not None and asked.power.particles == 2
+    assert asked.power_choice == PowerChoice("request")
+    mh = resolve(POWER, replace(REQUEST, power_method="mh"), ADAPTIVE, INFO, load=0)
+    assert mh.power_choice == PowerChoice("default")
+
+
+def test_the_loads_choice_never_breaks_the_servers_token_budget() -> None:
+    """At N = 8 this request's worst case is over the budget, at the fixed N = 4 it is not: it is
+    served at 4, not refused."""
+    request = replace(REQUEST, max_tokens=64)
+    config = resolve(POWER, request, ADAPTIVE, INFO, load=0).power
+    assert config is not None and config.particles == 8
+    budget = replace(config, particles=4).worst_case_tokens()
+    assert config.worst_case_tokens() > budget
+    tight = ADAPTIVE.model_copy(update={"power_token_budget": budget})
+    resolved = resolve(POWER, request, tight, INFO, load=0)
+    assert resolved.power is not None and resolved.power.particles == 4
+    assert resolved.power_choice == PowerChoice("default")
+
+
+@pytest.mark.parametrize(("budget", "particles"), [(1.0, 1), (3.5, 3), (100.0, 8)])
+def test_power_budget_caps_the_particles(budget: float, particles: int) -> None:
+    resolved = resolve(POWER, replace(REQUEST, power_budget=budget), ADAPTIVE, INFO, load=0)
+    assert resolved.power is not None and resolved.power.particles == particles
+    assert resolved.power.planned_cost() <= budget
+    chosen_by = "load" if particles == 8 else "budget"
+    assert resolved.power_choice == PowerChoice(chosen_by, engine_load=0, budget=budget)
+
+
+def test_power_budget_caps_mh_steps() -> None:
+    request = replace(REQUEST, power_method="mh", max_tokens=64, power_budget=20.0)
+    config = resolve(POWER, request, SETTINGS, INFO).power
+    assert config is not None and config.method == "mh"
+    assert config.planned_cost() <= 20 < replace(config, mcmc_steps=config.mcmc_steps + 1).planned_cost()
+    assert 0 < config.mcmc_steps < SETTINGS.power_mcmc_steps
+
+
+def test_a_sampler_size_the_request_sets_over_its_budget_is_refused() -> None:
+    over = [
+        replace(REQUEST, power_particles=8, power_budget=4.0),
+        replace(REQUEST, mcmc_steps=10, max_tokens=64, power_budget=4.0),
+    ]
+    for request in over:
+        assert refused(POWER, request) == "power_budget"
+    fits = resolve(POWER, replace(REQUEST, power_particles=4, power_budget=4.0), SETTINGS, INFO)
+    assert fits.power is not None and fits.power.particles == 4
 
 
 # --- refusals --------------------------------------------------------------------------------------

@@ -165,6 +165,10 @@ def test_stream_with_usage_carries_the_power_report(tiny_client: openai.OpenAI) 
         ({"mcmc_steps": -1}, "mcmc_steps"),
         ({"block_size": 0}, "block_size"),
         ({"frequency_penalty": 1.0}, "frequency_penalty"),
+        ({"power_budget": 0.5}, "power_budget"),
+        ({"power_budget": "inf"}, "power_budget"),
+        ({"power_method": "smc", "power_particles": 8, "power_budget": 4}, "power_budget"),
+        ({"power_method": "mh", "mcmc_steps": 10, "power_budget": 2}, "power_budget"),
     ],
 )
 def test_invalid_power_parameters_are_400(tiny_service, body: dict, param: str) -> None:
@@ -200,3 +204,24 @@ def test_runaway_request_is_refused_before_it_starts(tiny_service) -> None:
     # Refused before any work: at once, and nothing reached the engine.
     assert response.elapsed.total_seconds() < 5
     assert tiny_service.metric("powerserve_tokens_total", **generated) == before
+
+
+def test_particles_follow_the_engines_load_and_the_budget(tiny_service) -> None:
+    """An idle engine gives an SMC request that sets no N what its batch has room for (16 less the
+    requests in flight, within [4, 8]); power_budget caps it; the report and the metrics say which
+    N ran and what chose it."""
+    client = openai.OpenAI(base_url=tiny_service.base_url, api_key="unused", max_retries=0)
+    budget_before = tiny_service.metric("powerserve_power_smc_particles_count", chosen_by="budget")
+    idle = power_completion(client, power_method="smc").model_extra["power"]
+    assert idle["chosen_by"] == "load" and "budget" not in idle
+    assert idle["particles"] == min(8, max(4, 16 - idle["engine_load"]))
+    budgeted = power_completion(client, power_method="smc", power_budget=2.5).model_extra["power"]
+    assert (budgeted["particles"], budgeted["chosen_by"], budgeted["budget"]) == (2, "budget", 2.5)
+    assert budgeted["cost_multiplier"] <= 2.5 * 1.5  # a dropped particle's run-ahead at most
+    seeded = power_completion(client, power_method="smc", seed=3).model_extra["power"]
+    assert (seeded["particles"], seeded["chosen_by"]) == (4, "seed")
+    mh = power_completion(client, power_budget=3).model_extra["power"]  # this service's default: mh
+    assert mh["method"] == "mh" and mh["chosen_by"] == "budget" and mh["mcmc_steps"] >= 0
+    assert mh["cost_multiplier"] <= 3
+    after = tiny_service.metric("powerserve_power_smc_particles_count", chosen_by="budget")
+    assert after == budget_before + 1

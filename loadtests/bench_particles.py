@@ -1,0 +1,259 @@
+"""Benchmark of Power-SMC's particles against their floor, and of load-adaptive N (issue 22).
+
+The same chat prompts (``max_tokens`` 64, unseeded, so that the route may choose N) on the embedded
+default model, through the service, in one run:
+
+  (i)  one request at a time: p50 latency, self-reward (mean log p per token under the base model)
+       and cost of plain sampling, plain sampling at temperature 1/alpha (what a skeptic compares
+       sharpening to), the floors (plain with n = N at temperature 1/alpha: N sequences decoded in
+       one batch at the particles' temperature, the least N particles can cost), SMC at fixed N = 4
+       and 8, SMC with load-adaptive N (4 to 8: POWERSERVE_POWER_PARTICLES_MAX=8), and
+       for comparison MH (4 steps, blocks of 16) and the distilled model;
+  (ii) all prompts at once: the same, with SMC's generated tokens/s against plain decoding's at the
+       same number of sequences in flight (n = 4 per prompt, at temperature 1/alpha).
+
+Each configuration of a part runs on every prompt in turn, prompt by prompt (so a slow minute of
+this shared machine falls on all of them alike), and every ratio is formed within this run. The
+gateway's CPU time (its own process: the engine core is another) is read from /proc around each
+configuration and reported per generated token. Results go to loadtests/results/bench_particles.json,
+a picture of latency against self-reward and cost to loadtests/results/bench_particles.png, and a
+Markdown table to stdout.
+
+    make bench-particles
+    python -m loadtests.bench_particles [--prompts 8 --max-tokens 64]
+    python -m loadtests.bench_particles --replot     (the picture again, from the JSON)
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from loadtests.bench_methods import ask, summary_of
+from loadtests.harness import ServiceProcess
+from loadtests.load_report import RESULTS
+from loadtests.prompts import PROMPTS
+from service.config import DEFAULT_MODEL_NAME, Settings
+from service.model_store import ensure_default_model
+
+__all__ = ["configs", "plot", "ratios", "table"]  # what its test checks
+
+_TICKS = os.sysconf("SC_CLK_TCK")
+# POWERSERVE_POWER_PARTICLES_MAX of the benchmark's service (the default, 4, fixes N).
+ADAPTIVE_MAX = 8
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--prompts", type=int, default=8)
+    parser.add_argument("--max-tokens", type=int, default=64)
+    parser.add_argument("--alpha", type=float, default=4.0)
+    parser.add_argument("--out", type=Path, default=RESULTS / "bench_particles.json")
+    parser.add_argument("--replot", action="store_true", help="only redraw the picture from --out")
+    return parser.parse_args()
+
+
+def configs(alpha: float, *, concurrent: bool) -> dict[str, dict[str, Any]]:
+    """Request parameters of each row ("model" names the route)."""
+    power = {"model": "power", "temperature": 1 / alpha, "power_method": "smc"}
+    rows: dict[str, dict[str, Any]] = {
+        "plain": {"model": "plain"},
+        "plain, temperature 1/alpha": {"model": "plain", "temperature": 1 / alpha},
+        # The floors decode at the particles' temperature, so that answers are as long as theirs.
+        "floor: plain n=4": {"model": "plain", "n": 4, "temperature": 1 / alpha},
+    }
+    if not concurrent:
+        rows["floor: plain n=8"] = {"model": "plain", "n": 8, "temperature": 1 / alpha}
+    rows["smc N=4"] = power | {"power_particles": 4}
+    if not concurrent:
+        rows["smc N=8"] = power | {"power_particles": 8}
+    rows["smc adaptive N"] = power
+    if not concurrent:  # the other ways to the same end, for the picture (slow, and not the point)
+        rows["mh 4 steps, B=16"] = power | {"power_method": "mh", "mcmc_steps": 4, "block_size": 16}
+        rows["distilled"] = {"model": "distilled"}
+    return rows
+
+
+def gateway_cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) the gateway process has used, its threads included."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / _TICKS  # utime, stime
+
+
+def row_of(results: list[dict], seconds: float | None, cpu_s: float) -> dict[str, Any]:
+    row = summary_of(results, seconds)
+    row["gateway_cpu_ms_per_generated_token"] = 1000 * cpu_s / max(row["tokens_generated"], 1)
+    chosen = Counter(r["power"]["particles"] for r in results if "particles" in r.get("power", {}))
+    if chosen:
+        row["particles_chosen"] = dict(sorted(chosen.items()))
+    # A plain request with n > 1 answers n choices: its self-reward is the first's.
+    return row
+
+
+async def one_at_a_time(
+    client: httpx.AsyncClient, service: ServiceProcess, args: argparse.Namespace
+) -> dict[str, dict[str, Any]]:
+    rows = configs(args.alpha, concurrent=False)
+    results: dict[str, list[dict]] = {name: [] for name in rows}
+    cpu: dict[str, float] = dict.fromkeys(rows, 0.0)
+    for prompt in PROMPTS[: args.prompts]:
+        for name, params in rows.items():
+            before = gateway_cpu_s(service.process.pid)
+            results[name].append(
+                await ask(client, DEFAULT_MODEL_NAME, params, prompt, None, args.max_tokens)
+            )
+            cpu[name] += gateway_cpu_s(service.process.pid) - before
+        print(f"(i) prompt {len(results['plain'])} done", flush=True)
+    return {name: row_of(results[name], None, cpu[name]) for name in rows}
+
+
+async def all_at_once(
+    client: httpx.AsyncClient, service: ServiceProcess, args: argparse.Namespace
+) -> dict[str, dict[str, Any]]:
+    out = {}
+    for name, params in configs(args.alpha, concurrent=True).items():
+        before, began = gateway_cpu_s(service.process.pid), time.monotonic()
+        results = await asyncio.gather(
+            *(
+                ask(client, DEFAULT_MODEL_NAME, params, p, None, args.max_tokens)
+                for p in PROMPTS[: args.prompts]
+            )
+        )
+        seconds = time.monotonic() - began
+        out[name] = row_of(list(results), seconds, gateway_cpu_s(service.process.pid) - before)
+        print(f"(ii) {name}: {out[name]}", flush=True)
+    return out
+
+
+def ratios(one: dict[str, dict[str, Any]], many: dict[str, dict[str, Any]]) -> dict[str, float]:
+    """The issue's targets, each a ratio of two rows of this run."""
+
+    def p50(rows: dict[str, dict[str, Any]], name: str) -> float:
+        return float(rows[name]["latency_p50_s"])
+
+    def gain_per_s(rows: dict[str, dict[str, Any]], name: str) -> float:
+        gain = rows[name]["self_reward"] - rows["plain"]["self_reward"]
+        return float(gain / rows[name]["latency_p50_s"])
+
+    def cpu(rows: dict[str, dict[str, Any]], name: str) -> float:
+        return float(rows[name]["gateway_cpu_ms_per_generated_token"])
+
+    return {
+        "smc N=4 p50 / floor n=4 (one at a time)": p50(one, "smc N=4") / p50(one, "floor: plain n=4"),
+        "smc N=8 p50 / floor n=8 (one at a time)": p50(one, "smc N=8") / p50(one, "floor: plain n=8"),
+        "adaptive p50 / N=4 p50 (one at a time)": p50(one, "smc adaptive N") / p50(one, "smc N=4"),
+        "adaptive self-reward - N=4 self-reward (one at a time)": one["smc adaptive N"]["self_reward"]
+        - one["smc N=4"]["self_reward"],
+        "adaptive p50 / N=4 p50 (8 at once)": p50(many, "smc adaptive N") / p50(many, "smc N=4"),
+        "adaptive gain per s / N=4 gain per s (8 at once)": gain_per_s(many, "smc adaptive N")
+        / gain_per_s(many, "smc N=4"),
+        "smc N=4 generated tok/s / plain n=4 tok/s (8 at once)": many["smc N=4"][
+            "generated_tokens_per_s"
+        ]
+        / many["floor: plain n=4"]["generated_tokens_per_s"],
+        "gateway CPU per token: smc N=4 / plain (one at a time)": cpu(one, "smc N=4")
+        / cpu(one, "plain"),
+        "gateway CPU per token: smc N=4 / plain (8 at once)": cpu(many, "smc N=4") / cpu(many, "plain"),
+    }
+
+
+def table(report: dict[str, Any]) -> str:
+    lines = []
+    for part, title in (("one_at_a_time", "one request at a time"), ("all_at_once", "8 at once")):
+        lines += [
+            f"\n{title}\n",
+            "| | p50 | vs plain | self-reward | cost | gateway CPU ms/token | N chosen |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        rows = report[part]
+        plain = rows["plain"]["latency_p50_s"]
+        for name, row in rows.items():
+            chosen = row.get("particles_chosen", "")
+            lines.append(
+                f"| {name} | {row['latency_p50_s']:.2f} s | {row['latency_p50_s'] / plain:.2f}x "
+                f"| {row['self_reward']:.3f} | {row['cost_multiplier']:.2f} "
+                f"| {row['gateway_cpu_ms_per_generated_token']:.2f} | {chosen} |"
+            )
+    lines += ["\n| target | ratio |", "|---|---|"]
+    lines += [f"| {name} | {value:.3f} |" for name, value in report["ratios"].items()]
+    return "\n".join(lines)
+
+
+async def run(service: ServiceProcess, args: argparse.Namespace) -> dict[str, Any]:
+    async with httpx.AsyncClient(base_url=service.url, timeout=3600) as client:
+        for params in configs(args.alpha, concurrent=False).values():  # warm every path up
+            await ask(client, DEFAULT_MODEL_NAME, params, PROMPTS[0], None, 8)
+        one = await one_at_a_time(client, service, args)
+        many = await all_at_once(client, service, args)
+    return {"one_at_a_time": one, "all_at_once": many, "ratios": ratios(one, many)}
+
+
+def plot(report: dict[str, Any], path: Path) -> Path:
+    """Self-reward against p50 latency, one panel per part; the legend gives each row's cost."""
+    from matplotlib.ticker import ScalarFormatter
+
+    from service.plotting import saved_figure
+
+    parts = (("one_at_a_time", "one request at a time"), ("all_at_once", "8 requests at once"))
+    with saved_figure(path, dpi=120, figsize=(11, 4.8), ncols=2) as (_figure, axes):
+        for axis, (part, title) in zip(axes, parts, strict=True):
+            for name, row in report[part].items():
+                if name.startswith("floor"):
+                    continue  # latency only: the floor of SMC's, not a way to answer
+                marker = "o" if name.startswith(("smc", "mh")) else "s"
+                label = f"{name} ({row['cost_multiplier']:.1f}x tokens)"
+                axis.scatter(
+                    [row["latency_p50_s"]], [row["self_reward"]], marker=marker, s=40, label=label
+                )
+            axis.set_xscale("log")
+            axis.xaxis.set_major_formatter(ScalarFormatter())
+            axis.xaxis.set_minor_formatter(ScalarFormatter())
+            axis.tick_params(axis="x", which="minor", labelsize=7)
+            axis.set_xlabel("p50 latency (s, log scale)")
+            axis.set_ylabel("self-reward (mean log p per token)")
+            axis.set_title(title, fontsize=10)
+            axis.grid(alpha=0.3)
+            axis.legend(fontsize=7, loc="lower right")
+    return path
+
+
+def main() -> None:
+    args = parse_args()
+    if args.replot:
+        print(plot(json.loads(args.out.read_text()), args.out.with_suffix(".png")))
+        return
+    settings = Settings()
+    ensure_default_model(settings.cache_dir)
+    RESULTS.mkdir(exist_ok=True)
+    # The embedded default as `make serve` runs it, with load-adaptive N up to 8.
+    adaptive = {"POWERSERVE_POWER_PARTICLES_MAX": str(ADAPTIVE_MAX)}
+    service = ServiceProcess([], RESULTS / "bench_particles.service.log", adaptive)
+    try:
+        service.wait_ready()
+        report = asyncio.run(run(service, args))
+    finally:
+        service.stop()
+    report["args"] = {k: str(v) for k, v in vars(args).items()}
+    report["settings"] = {
+        "power_particles": settings.power_particles,
+        "power_particles_max": ADAPTIVE_MAX,
+        "power_batch_room": settings.power_batch_room,
+    }
+    report["date"] = time.strftime("%Y-%m-%d")
+    args.out.write_text(json.dumps(report, indent=2))
+    plot(report, args.out.with_suffix(".png"))
+    print(table(report))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,61 @@
+"""How many particles (or steps) a power answer runs, when the request leaves it to the route.
+
+Particles are sequences of one engine batch, so what they cost depends on the batch: on an idle
+engine eight particles take barely longer than four (the batch has width to spare), on a full one
+every particle is paid in full. A request that sets no ``power_particles`` gets what the batch has
+room for (``power_batch_room`` less the sequences in flight), between ``power_particles``
+and ``power_particles_max``; a seeded one gets ``power_particles``, so that its answer does not
+depend on the load. ``power_budget`` (the request's, or its key's) caps what the answer may cost in
+tokens generated per token returned: the route lowers N (or MH's steps) to fit, and refuses a
+request whose own parameters do not.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+
+from service.config import Settings
+from service.errors import InvalidRequestError
+from service.power import PowerChoice, PowerConfig
+
+__all__ = ["default_particles", "fit_budget"]
+
+
+def default_particles(settings: Settings, *, load: int, seeded: bool) -> tuple[int, PowerChoice]:
+    """N for a request that sets none: the room the batch has, within the operator's bounds."""
+    low, high = settings.power_particles, settings.power_particles_max
+    if high <= low:
+        return low, PowerChoice("default")
+    if seeded:  # the same seed must give the same answer, whatever else the engine runs
+        return low, PowerChoice("seed")
+    room = settings.power_batch_room - load
+    return min(high, max(low, room)), PowerChoice("load", engine_load=load)
+
+
+def fit_budget(
+    config: PowerConfig, choice: PowerChoice, budget: float, *, asked: bool
+) -> tuple[PowerConfig, PowerChoice]:
+    """``config`` within ``budget`` tokens generated per token returned. What the request set
+    itself (``asked``) is never changed: it fits, or the request is refused."""
+    if config.planned_cost() <= budget:
+        return config, replace(choice, budget=budget)
+    if asked:
+        what = (
+            f"power_particles={config.particles}"
+            if config.method == "smc"
+            else f"mcmc_steps={config.mcmc_steps} with block_size={config.block_tokens}"
+        )
+        raise InvalidRequestError(
+            f"{what} costs about {config.planned_cost():.1f} tokens generated per token returned, "
+            f"over power_budget={budget:g}. Raise power_budget, or leave the sampler's size to the "
+            "route.",
+            param="power_budget",
+        )
+    if config.method == "smc":
+        fitted = replace(config, particles=max(1, math.floor(budget)))
+    else:
+        horizons = sum(config.horizon(b) for b in range(1, config.num_blocks + 1))
+        steps = math.floor((budget - 1) * config.max_tokens / horizons)
+        fitted = replace(config, mcmc_steps=max(0, steps))
+    return fitted, PowerChoice("budget", engine_load=choice.engine_load, budget=budget)
