@@ -325,7 +325,7 @@ class PowerSettings(_SettingsGroup):
         description="SMC particles per answer on an idle engine: a request that sets none gets what "
         "the batch has room for (power-batch-room less the sequences in flight), between "
         "power-particles and this. At or below power-particles (the default) N is fixed: on the "
-        "2-core CPU of make bench-particles, 8 particles took 1.45x the p50 of 4 one request at a "
+        "2-core CPU of make bench-particles, 8 particles took 1.42x the p50 of 4 one request at a "
         "time. Raise it (8) where the batch has width to spare, as on a GPU.",
     )
     power_batch_room: int = Field(

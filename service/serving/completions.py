@@ -189,7 +189,8 @@ class CompletionsServing(abc.ABC, Generic[RequestT]):
         """One request's result without a response body (a fine-tuning job's teacher and
         evaluation requests): the same gate and request path as ``answer``, as offline work."""
         route = self.models.route(model_id, caller)
-        resolved = self._resolve(route, request, caller)
+        # Not the key's power_budget: a job's sampler is the one its hyperparameters name.
+        resolved = self.pipeline.resolve(route, request)
         control = self._control(CacheControl(), caller)
         result, _quota = await self._computed(resolved, control, caller, offline=True)
         return result
