@@ -1,13 +1,16 @@
 """How many particles (or steps) a power answer runs, when the request leaves it to the route.
 
-Particles are sequences of one engine batch, so what they cost depends on the batch: on an idle
-engine eight particles take barely longer than four (the batch has width to spare), on a full one
-every particle is paid in full. A request that sets no ``power_particles`` gets what the batch has
-room for (``power_batch_room`` less the sequences in flight), between ``power_particles``
-and ``power_particles_max``; a seeded one gets ``power_particles``, so that its answer does not
-depend on the load. ``power_budget`` (the request's, or its key's) caps what the answer may cost in
-tokens generated per token returned: the route lowers N (or MH's steps) to fit, and refuses a
-request whose own parameters do not.
+Particles are sequences of one engine batch, so what they cost depends on the batch: where it has
+width to spare (a GPU's memory-bound decode), eight particles on an idle engine take barely longer
+than four, and on a full one every particle is paid in full. With ``power_particles_max`` above
+``power_particles``, a request that sets no ``power_particles`` gets what the batch has room for
+(``power_batch_room`` less the sequences in flight), between the two; a seeded one gets
+``power_particles``, so that its answer does not depend on the load. (Off by default: on 2 CPU
+cores eight particles took 1.42x the latency of four, docs/benchmarks/particles.md.)
+
+``power_budget`` (the request's, or its key's) caps what the answer may cost in tokens generated
+per token returned: the route lowers N (or MH's steps) to fit, and refuses a request whose own
+parameters do not.
 """
 
 from __future__ import annotations
