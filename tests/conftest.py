@@ -16,15 +16,14 @@ import openai
 import pytest
 
 from loadtests.harness import RedisProcess, ServiceProcess
-from loadtests.tiny_model import build_tiny_model
+from loadtests.tiny_model import SHARP_PROMPT, SHARP_SEED, SHARP_WEIGHT_SCALE, build_tiny_model
 from service.distill.train import TrainConfig, train_adapter
 
-# The tiny model: seed and weight scale chosen so that p**4 and temperature-1/4 sampling differ a lot
-# (total variation 0.46 at a horizon of 3 tokens); tests/test_tiny_model.py checks that it still does.
-TINY_SEED = 1
-TINY_WEIGHT_SCALE = 20.0
+# The tiny model: p**4 and temperature-1/4 sampling differ a lot on it (loadtests/tiny_model.py).
+TINY_SEED = SHARP_SEED
+TINY_WEIGHT_SCALE = SHARP_WEIGHT_SCALE
 TINY_MODEL_NAME = "tiny"
-TINY_PROMPT = (0, 1)  # "a b"
+TINY_PROMPT = SHARP_PROMPT  # "a b"
 
 
 @pytest.fixture(scope="session")

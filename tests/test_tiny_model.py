@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from loadtests.stats import total_variation
 from loadtests.tiny_model import ExactModel, answers
 from tests.conftest import TINY_PROMPT
-from tests.stats import total_variation
 
 ALPHA = 4.0
 HORIZON = 3

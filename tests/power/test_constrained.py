@@ -21,11 +21,11 @@ import pytest
 import torch
 
 from loadtests.harness import ServiceProcess
+from loadtests.smc_reference import importance_law
+from loadtests.stats import empirical, total_variation, tv_bound
 from loadtests.tiny_model import EOS_ID, VOCAB, ExactModel, answers
 from tests.conftest import TINY_MODEL_NAME, TINY_PROMPT
 from tests.power.test_exactness import ALPHA, HORIZON, draw
-from tests.smc_reference import importance_law
-from tests.stats import empirical, total_variation, tv_bound
 
 logger = logging.getLogger(__name__)
 

@@ -2,7 +2,7 @@
 
 On the tiny model every answer of up to 3 tokens can be enumerated, so p(y)**alpha is computed
 exactly (loadtests/tiny_model.py), and so is the law of the sampler's own output for the settings used
-(tests/oracle.py propagates every cut, proposal and acceptance). The samples must match that law
+(loadtests/oracle.py propagates every cut, proposal and acceptance). The samples must match that law
 within a bound derived from their number, the law must be close to p**alpha, and plain sampling at
 temperature 1/alpha must land measurably farther away.
 """
@@ -17,10 +17,10 @@ import httpx
 import pytest
 
 from loadtests.harness import ServiceProcess
+from loadtests.oracle import chain_law
+from loadtests.stats import empirical, total_variation, tv_bound
 from loadtests.tiny_model import EOS_ID, VOCAB, ExactModel
 from tests.conftest import TINY_MODEL_NAME, TINY_PROMPT
-from tests.oracle import chain_law
-from tests.stats import empirical, total_variation, tv_bound
 
 logger = logging.getLogger(__name__)
 
@@ -49,7 +49,7 @@ def sampler_law(
     block_size: int = BLOCK,
     absorbing: frozenset[int] = frozenset({EOS_ID}),
 ) -> dict:
-    """The exact law of the sampler's answers at these settings (tests/oracle.py)."""
+    """The exact law of the sampler's answers at these settings (loadtests/oracle.py)."""
     return chain_law(
         exact.next_logprobs,
         eos=absorbing,

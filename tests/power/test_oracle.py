@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
+from loadtests.oracle import chain_law, chain_run
+from loadtests.stats import total_variation
 from loadtests.tiny_model import EOS_ID, ExactModel, build_tiny_model
 from tests.conftest import TINY_PROMPT
-from tests.oracle import chain_law, chain_run
-from tests.stats import total_variation
 
 ALPHA = 2.0
 HORIZON = 3

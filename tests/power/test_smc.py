@@ -1,6 +1,6 @@
 """Power-SMC through the running service: its law on the enumerable model, its report, its stream.
 
-A pure-Python Power-SMC over the tiny model's exact conditionals (tests/smc_reference.py), run 40,000
+A pure-Python Power-SMC over the tiny model's exact conditionals (loadtests/smc_reference.py), run 40,000
 times, gives the law the served sampler must follow at each number of particles N; the served answers
 must match it within a sample-size bound, and their distance to p**alpha must fall with N.
 """
@@ -15,11 +15,11 @@ import openai
 import pytest
 
 from loadtests.harness import ServiceProcess
+from loadtests.smc_reference import smc_law
+from loadtests.stats import empirical, total_variation, tv_bound
 from loadtests.tiny_model import EOS_ID, ExactModel
 from tests.conftest import TINY_MODEL_NAME, TINY_PROMPT
 from tests.power.test_exactness import ALPHA, HORIZON, draw
-from tests.smc_reference import smc_law
-from tests.stats import empirical, total_variation, tv_bound
 
 logger = logging.getLogger(__name__)
 

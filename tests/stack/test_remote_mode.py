@@ -17,11 +17,11 @@ from pathlib import Path
 import httpx
 
 from loadtests.harness import PrometheusProcess
+from loadtests.stats import empirical, total_variation, tv_bound
 from loadtests.tiny_model import ExactModel
 from tests.conftest import TINY_MODEL_NAME, TINY_PROMPT
 from tests.power.test_exactness import ALPHA, BLOCK, HORIZON, draw, sampler_law
 from tests.stack.conftest import Stack
-from tests.stats import empirical, total_variation, tv_bound
 
 POWER = f"{TINY_MODEL_NAME}-power"
 

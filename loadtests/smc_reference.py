@@ -17,6 +17,8 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
+__all__ = ["Answer", "importance_law", "smc_law"]
+
 Answer = tuple[int, ...]
 
 

@@ -16,6 +16,8 @@ from typing import Any
 
 import torch
 
+__all__ = ["Answer", "NextLogprobs", "chain_law", "chain_run"]
+
 Answer = tuple[int, ...]
 NextLogprobs = Callable[[Answer], torch.Tensor]
 

@@ -6,6 +6,8 @@ import math
 from collections import Counter
 from collections.abc import Hashable, Iterable, Mapping
 
+__all__ = ["empirical", "total_variation", "tv_bound"]
+
 
 def empirical(samples: Iterable[Hashable]) -> dict[Hashable, float]:
     counts = Counter(samples)
