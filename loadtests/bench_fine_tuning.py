@@ -9,7 +9,7 @@ Results go to loadtests/results/bench_fine_tuning.json (``make bench-jobs``: 64 
 bench_fine_tuning_64.json) and the table to stdout.
 
     make bench-jobs     (with bench_batch and bench_replicas)
-    python -m loadtests.bench_fine_tuning [--prompts 8 --mcmc-steps 4 --answer-tokens 64 --out PATH]
+    python -m loadtests.bench_fine_tuning [--prompts 8 --power-method smc --answer-tokens 64 --out PATH]
 """
 
 from __future__ import annotations
@@ -54,6 +54,7 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--prompts", type=int, default=8)
+    parser.add_argument("--power-method", choices=["smc", "mh"], default="smc")
     parser.add_argument("--mcmc-steps", type=int, default=4)
     parser.add_argument("--answer-tokens", type=int, default=64)
     parser.add_argument("--out", type=Path, default=RESULTS / "bench_fine_tuning.json")
@@ -76,6 +77,7 @@ def main() -> None:
                     "suffix": "bench",
                     "seed": 1,
                     "hyperparameters": {
+                        "power_method": args.power_method,
                         "mcmc_steps": args.mcmc_steps,
                         "answer_tokens": args.answer_tokens,
                     },

@@ -86,7 +86,7 @@ def test_distill_train_help_shows_the_model_and_its_own_options(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     text = help_of("distill", "train", capsys=capsys)
-    own = {"--teacher", "--adapter", "--rank", "--epochs", "--learning-rate", "--batch-size",
+    own = {"--teacher", "--adapter", "--rank", "--mlp", "--epochs", "--learning-rate", "--batch-size",
            "--max-steps", "--train-seed"}  # fmt: skip
     assert flags(text) == setting_flags(ModelSettings) | own
     assert re.findall(r"(\w+Settings):", text) == ["ModelSettings"]

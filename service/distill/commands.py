@@ -30,8 +30,9 @@ from service.config import (
 )
 from service.distill.data import DEFAULT_PROMPTS, read_prompts
 from service.distill.evaluate import evaluate, summarise, write_report
-from service.distill.teacher import PowerParams, generate_teacher, pending
-from service.distill.train import TrainConfig, train_adapter
+from service.distill.teacher import PowerParams, generate_teacher, pending, teacher_items
+from service.distill.train import MLP_MODULES, TrainConfig, train_adapter
+from service.engines.base import LORA_TARGET_MODULES
 from service.runtime import resolve_model_dir, running_services
 
 __all__ = ["All", "Distill", "Eval", "Generate", "Train"]
@@ -57,7 +58,9 @@ class _Stage(
     alpha: float = Field(4.0, ge=1, description="Power of the teacher (and of the eval's power route).")
     answer_tokens: int = Field(64, ge=1, description="max_tokens of every answer.")
     block_size: int = Field(16, ge=1, description="Power route block size.")
-    mcmc_steps: int = Field(4, ge=0, description="Power route MH steps per block.")
+    mcmc_steps: int = Field(
+        4, ge=0, description="MH steps per block (--power-method mh, and the eval's MH row)."
+    )
     concurrency: int = Field(8, ge=1, description="Prompts in flight at once (the engine batches them).")
     seed: int = 0
 
@@ -67,7 +70,9 @@ class _Stage(
             alpha=self.alpha,
             max_tokens=self.answer_tokens,
             block_size=self.block_size,
+            method=self.power_method,
             mcmc_steps=self.mcmc_steps,
+            particles=self.power_particles,
         )
 
 
@@ -76,13 +81,14 @@ class Generate(_Stage):
 
     split: str = "train"
     teacher: Path = Field(RUNS / "teacher.jsonl", description="Output JSONL (appended to, resumable).")
+    answers_per_prompt: int = Field(1, ge=1, le=64, description="Teacher answers to each prompt.")
 
     def cli_cmd(self) -> None:
         asyncio.run(self.generate_answers())
 
     async def generate_answers(self) -> None:
         items = read_prompts(self.prompts, self.split, self.limit)
-        if not pending(items, self.teacher):
+        if not pending(teacher_items(items, self.answers_per_prompt), self.teacher):
             logger.info("%s already answers every prompt", self.teacher)
             return
         async with running_services(Settings.from_command(self)) as services:
@@ -93,6 +99,7 @@ class Generate(_Stage):
                 power=self.power,
                 concurrency=self.concurrency,
                 seed=self.seed,
+                answers_per_prompt=self.answers_per_prompt,
             )
         logger.info("%d teacher answers written to %s", written, self.teacher)
 
@@ -103,6 +110,7 @@ class Train(ModelSettings):
     teacher: Path = RUNS / "teacher.jsonl"
     adapter: Path = Field(RUNS / "adapter", description="Output adapter directory.")
     rank: int = 8
+    mlp: bool = Field(False, description="Adapt the MLP projections too, not only attention's.")
     epochs: int = 3
     learning_rate: float = 3e-4
     batch_size: int = 8
@@ -115,6 +123,7 @@ class Train(ModelSettings):
     def train_adapter(self) -> None:
         config = TrainConfig(
             rank=self.rank,
+            target_modules=LORA_TARGET_MODULES + (MLP_MODULES if self.mlp else ()),
             lora_alpha=2 * self.rank,
             epochs=self.epochs,
             learning_rate=self.learning_rate,
@@ -127,9 +136,13 @@ class Train(ModelSettings):
 
 
 class Eval(_Stage):
-    """Stage 3: base vs power vs distilled on the held-out prompts."""
+    """Stage 3: the distilled model against plain sampling (at temperature 1 and 1/alpha) and the
+    power route, on the held-out prompts (problem families never trained on)."""
 
     split: str = "heldout"
+    compare_mh: bool = Field(
+        True, description="With an SMC power route, also evaluate MH (--mcmc-steps) as a row."
+    )
     adapter: Path = Field(RUNS / "adapter", description="The distilled adapter to evaluate.")
     report: Path = Field(RUNS / "eval", description="Output directory: eval.json, eval.md, eval.png.")
 
@@ -141,14 +154,26 @@ class Eval(_Stage):
         settings = Settings.from_command(self, distilled_adapter=self.adapter)
         async with running_services(settings) as services:
             records = await evaluate(
-                services, items, power=self.power, concurrency=self.concurrency, seed=self.seed + 1
+                services,
+                items,
+                power=self.power,
+                concurrency=self.concurrency,
+                seed=self.seed + 1,
+                compare_mh=self.compare_mh,
             )
         summary = summarise(records)
+        families = sorted({item.family for item in items if item.family})
+        sampler = (
+            f"{self.power_particles} SMC particles"
+            if self.power_method == "smc"
+            else f"{self.mcmc_steps} MH steps"
+        )
         meta = {
             "prompts": len(items),
             "prompt_file": str(self.prompts),
+            "families": f" of {len(families)} families never trained on" if families else "",
             "adapter": str(self.adapter),
-            "power": f"alpha {self.alpha:g}, {self.mcmc_steps} MH steps, blocks of {self.block_size}, "
+            "power": f"alpha {self.alpha:g}, {sampler}, blocks of {self.block_size}, "
             f"max_tokens {self.answer_tokens}",
         }
         write_report(self.report, summary, records, meta)

@@ -13,7 +13,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -32,6 +32,7 @@ __all__ = [
     "pending",
     "prompt_ids",
     "run_bounded",
+    "teacher_items",
 ]
 
 logger = logging.getLogger(__name__)
@@ -44,8 +45,9 @@ class PowerParams:
     alpha: float = 4.0
     max_tokens: int = 64
     block_size: int = 16
-    # The shipped adapter's teacher: exact MH at 4 steps per block. "smc" uses particles instead.
-    method: PowerMethod = "mh"
+    # Power-SMC: MH's self-reward at about half its tokens and a third of its latency (make bench);
+    # "mh" (exact suffix MH, mcmc_steps per block) stays selectable.
+    method: PowerMethod = "smc"
     mcmc_steps: int = 4
     particles: int = 4
 
@@ -138,6 +140,14 @@ async def run_bounded(
             raise failed.exceptions[0] from None
 
 
+def teacher_items(items: Sequence[PromptItem], answers_per_prompt: int = 1) -> list[PromptItem]:
+    """What the teacher answers: the items, or ``answers_per_prompt`` copies of each (``<id>/<k>``,
+    so that each has a seed and a record of its own)."""
+    if answers_per_prompt == 1:
+        return list(items)
+    return [replace(item, id=f"{item.id}/{k}") for item in items for k in range(answers_per_prompt)]
+
+
 def pending(items: Sequence[PromptItem], out: Path) -> list[PromptItem]:
     """The items ``out`` does not answer yet."""
     done = {record["id"] for record in read_jsonl(out)} if out.exists() else set()
@@ -152,10 +162,13 @@ async def generate_teacher(
     power: PowerParams,
     concurrency: int = 8,
     seed: int = 0,
+    answers_per_prompt: int = 1,
     on_answer: Callable[[dict[str, Any]], None] | None = None,
 ) -> int:
     """Append teacher answers for ``items`` not yet in ``out``; return how many were written.
-    ``on_answer`` sees each answer once it is written."""
+    ``answers_per_prompt`` > 1: that many answers to each prompt, each with a seed of its own
+    (records ``<id>/<k>``). ``on_answer`` sees each answer once it is written."""
+    items = teacher_items(items, answers_per_prompt)
     todo = pending(items, out)
     if len(todo) < len(items):
         logger.info("%s: %d answers already there, %d to go", out, len(items) - len(todo), len(todo))

@@ -29,9 +29,11 @@ from service.distill.data import read_jsonl
 from service.engines.base import LORA_TARGET_MODULES
 from service.plotting import saved_figure
 
-__all__ = ["TrainConfig", "main", "train_adapter"]
+__all__ = ["MLP_MODULES", "TrainConfig", "main", "train_adapter"]
 
 logger = logging.getLogger(__name__)
+
+MLP_MODULES = ("gate_proj", "up_proj", "down_proj")  # Llama's MLP, beside the attention projections
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -72,7 +72,7 @@ class Hyperparameters(BaseModel):
     )
     lora_rank: int = Field(8, ge=1, description="Rank of the LoRA adapter.")
     power_alpha: float = Field(4.0, ge=1, le=64, description="The teacher samples p(y|x)**alpha.")
-    power_method: Literal["mh", "smc"] = Field("mh", description="The teacher's power sampler.")
+    power_method: Literal["mh", "smc"] = Field("smc", description="The teacher's power sampler.")
     mcmc_steps: int = Field(4, ge=0, le=64, description="MH steps per block (power_method mh).")
     power_particles: int = Field(4, ge=1, le=64, description="Particles (power_method smc).")
     block_size: int = Field(16, ge=1, description="Tokens per block of the power route.")

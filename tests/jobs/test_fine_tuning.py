@@ -17,12 +17,14 @@ from tests.conftest import TINY_MODEL_NAME
 from tests.jobs.conftest import JobsGateway
 
 PROMPTS = ["a", "b", "c", "a b", "b c", "c a", "a a b", "c b a"]
-# Small enough for the tiny model to run in seconds: 1 block of 3 tokens, 2 MH steps.
+# The evaluation's rows: plain sampling at temperature 1 and 1/alpha, the teacher, the job's model.
+ROUTES = ("base", "base-low-temperature", "power", "distilled", "distilled-low-temperature")
+# Small enough for the tiny model to run in seconds: 1 block of 3 tokens, the default teacher (SMC,
+# 4 particles).
 QUICK = {
     "n_epochs": 2,
     "batch_size": 4,
     "lora_rank": 8,
-    "mcmc_steps": 2,
     "block_size": 3,
     "answer_tokens": 3,
 }
@@ -59,6 +61,7 @@ def succeeded_job(jobs_gateway: JobsGateway) -> FineTuningJob:
     )
     assert created.status == "validating_files"
     assert created.hyperparameters.n_epochs == 2
+    assert (created.hyperparameters.model_extra or {}).get("power_method") == "smc"
     return wait_final(client, created.id)
 
 
@@ -83,18 +86,19 @@ def test_a_job_on_8_prompts_distils_the_power_route_into_a_served_model(
     assert [d["step"] for d in training] == list(range(1, steps + 1))
     assert all(d["train_loss"] > 0 for d in training)
     (evaluation,) = [d for d in stages if d["stage"] == "eval"]
-    assert set(evaluation["routes"]) == {"base", "power", "distilled"}
+    assert list(evaluation["routes"]) == list(ROUTES)
     assert events[0].message.startswith("Job succeeded")
 
     # The result file holds the evaluation table: self-reward and cost per route.
     (result_id,) = job.result_files
     result = json.loads(client.files.content(result_id).content)
     assert result["model"] == job.fine_tuned_model
-    for route in ("base", "power", "distilled"):
+    for route in ROUTES:
         row = result["summary"]["routes"][route]
         assert row["answers"] == 2
         assert row["self_reward_per_token"] < 0
     assert result["summary"]["routes"]["power"]["cost_per_returned_token"] > 1
+    assert set(result["summary"]["beats_low_temperature"]) == {"accuracy", "self_reward"}
     assert "| distilled |" in result["table"]
 
     # The model is listed and answers, on both endpoints, scored under the base model.
@@ -118,7 +122,7 @@ def test_a_cancelled_job_stops_and_serves_nothing(
     jobs_gateway: JobsGateway, succeeded_job: FineTuningJob
 ) -> None:
     client = jobs_gateway.client()
-    slow = QUICK | {"mcmc_steps": 64, "answer_tokens": 8, "block_size": 8}
+    slow = QUICK | {"power_method": "mh", "mcmc_steps": 64, "answer_tokens": 8, "block_size": 8}
     created = client.fine_tuning.jobs.create(
         model=TINY_MODEL_NAME,
         training_file=upload_prompts(client, PROMPTS * 4),
