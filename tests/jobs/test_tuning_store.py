@@ -184,7 +184,8 @@ def test_hyperparameters_resolve_auto_and_refuse_what_they_do_not_know() -> None
     resolved = Hyperparameters(n_epochs="auto", learning_rate_multiplier=2).resolved()
     assert (resolved.n_epochs, resolved.batch_size) == (3, 8)
     assert resolved.train_config()["learning_rate"] == pytest.approx(6e-4)
-    assert resolved.power.mcmc_steps == 4 and resolved.power.method == "mh"
+    assert resolved.power.method == "smc" and resolved.power.particles == 4  # the teacher default
+    assert resolved.power.mcmc_steps == 4  # for power_method mh
     for bad in ({"n_epochs": 0}, {"eval_share": 1.0}, {"power_method": "beam"}, {"lr": 1}):
         with pytest.raises(ValidationError):
             Hyperparameters.model_validate(bad)
