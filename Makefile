@@ -25,7 +25,7 @@ SWEEP_ARGS ?=
 ADMISSION_ARGS ?=
 TENANTS_ARGS ?=
 
-.PHONY: all install model serve test lint bench bench-particles bench-fidelity bench-pool bench-serving bench-remote bench-jobs bench-admission bench-tenants distill docs stack load load-venv load-sweep replot-load system-deps clean
+.PHONY: all install model serve test lint bench bench-particles bench-fidelity bench-pool bench-resampling bench-serving bench-remote bench-jobs bench-admission bench-tenants distill docs stack load load-venv load-sweep replot-load system-deps clean
 
 all: serve
 
@@ -89,7 +89,7 @@ bench-particles: $(STAMP) model
 	$(BIN)/python -m loadtests.bench_particles
 
 # Each sampler's total variation to p^alpha against its cost, on the enumerable tiny model (pure math,
-# no engine; about a minute): MH by steps, SMC by particles, importance pools by size.
+# no engine; about two minutes): MH by steps, SMC by particles and resampling scheme, importance pools.
 bench-fidelity: $(STAMP)
 	$(BIN)/python -m loadtests.bench_fidelity
 
@@ -97,6 +97,10 @@ bench-fidelity: $(STAMP)
 # problem families (~15 min).
 bench-pool: $(STAMP) model
 	$(BIN)/python -m loadtests.bench_pool
+
+# SMC's systematic resampling against chopthin at N = 4, on the held-out problem families (~8 min).
+bench-resampling: $(STAMP) model
+	$(BIN)/python -m loadtests.bench_resampling
 
 # Start-up, decode throughput, Redis cache hits under 100 clients.
 bench-serving: $(STAMP) model system-deps

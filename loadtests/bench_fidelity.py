@@ -11,7 +11,11 @@ every answer's probability is known, so each sampler's law can be set against p^
   one answer kept with chance proportional to its weight: from plain samples (weights p^(alpha - 1),
   the "importance pool" alternative to SMC) and from samples at temperature 1/alpha (the
   constrained sampler's proposal);
-- plain sampling at temperature 1/alpha, the skeptic's baseline (SMC at N = 1).
+- plain sampling at temperature 1/alpha, the skeptic's baseline (SMC at N = 1);
+- Power-SMC's resampling variants, on answers of up to ``VARIANT_HORIZON`` tokens where resampling
+  has room to matter: systematic resampling (the served sampler's), chopthin resampling, and
+  systematic with exponent bridging (alpha ramped from 1 over the first tokens), at blocks of 1 and
+  2 tokens. They generate the same tokens at the same N: only the law differs.
 
 Cost is tokens generated per answer (MH: the oracle's expectation; the others: N times the mean
 answer length of their proposals). The Monte Carlo laws carry their own noise, about
@@ -19,7 +23,7 @@ answer length of their proposals). The Monte Carlo laws carry their own noise, a
 loadtests/results/bench_fidelity.json and .png (TV against N or steps, and TV against cost).
 
     make bench-fidelity
-    python -m loadtests.bench_fidelity [--runs 40000] [--out PATH]
+    python -m loadtests.bench_fidelity [--runs 40000] [--variant-runs 200000] [--out PATH]
 """
 
 from __future__ import annotations
@@ -51,6 +55,14 @@ ALPHA = 4.0
 HORIZON = 3
 STEPS = (0, 1, 2, 5, 10, 20, 40, 64)
 PARTICLES = (1, 2, 4, 8, 16, 32, 64, 128)
+VARIANT_HORIZON = 6
+VARIANT_PARTICLES = (2, 4, 8, 16)
+VARIANT_BLOCKS = (1, 2)
+VARIANTS: dict[str, dict[str, Any]] = {
+    "systematic": {},
+    "chopthin": {"resampling": "chopthin"},
+    "bridged": {"ramp_tokens": 3},  # alpha 1 -> 4 over the first half of the horizon
+}
 
 
 def parse_args() -> argparse.Namespace:
@@ -58,6 +70,9 @@ def parse_args() -> argparse.Namespace:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--runs", type=int, default=40_000, help="Monte Carlo runs per law.")
+    parser.add_argument(
+        "--variant-runs", type=int, default=200_000, help="Runs per resampling variant's law."
+    )
     parser.add_argument("--out", type=Path, default=RESULTS / "bench_fidelity.json")
     return parser.parse_args()
 
@@ -66,7 +81,53 @@ def _mean_length(law: dict[tuple[int, ...], float]) -> float:
     return sum(p * len(y) for y, p in law.items())
 
 
-def fidelity(model_dir: Path, *, runs: int) -> dict[str, Any]:
+def _noise_floor(target: dict[tuple[int, ...], float], runs: int) -> float:
+    """TV of an empirical law of ``runs`` samples from the target itself: the Monte Carlo floor."""
+    return 0.5 * sum(math.sqrt(p * (1 - p) / runs) for p in target.values())
+
+
+def resampling_variants(
+    exact: ExactModel, *, runs: int, horizon: int = VARIANT_HORIZON
+) -> dict[str, Any]:
+    """TV to p^alpha of each SMC resampling variant by block size and N, on longer answers."""
+    target = exact.power_distribution(horizon, ALPHA)
+    rows = []
+    for block_size in VARIANT_BLOCKS:
+        for name, options in VARIANTS.items():
+            for n in VARIANT_PARTICLES:
+                law = smc_law(
+                    exact.next_logprobs,
+                    absorbing=frozenset({EOS_ID}),
+                    alpha=ALPHA,
+                    max_tokens=horizon,
+                    block_size=block_size,
+                    particles=n,
+                    runs=runs,
+                    seed=1,
+                    **options,
+                )
+                rows.append(
+                    {
+                        "variant": name,
+                        "block_size": block_size,
+                        "particles": n,
+                        "tv": total_variation(law, target),
+                    }
+                )
+    tempered = exact.tempered_distribution(horizon, 1 / ALPHA)
+    return {
+        "horizon": horizon,
+        "runs": runs,
+        "noise_floor": _noise_floor(target, runs),
+        "plain_low_temperature_tv": total_variation(tempered, target),
+        "mean_tokens_low_temperature": _mean_length(tempered),
+        "rows": rows,
+    }
+
+
+def fidelity(
+    model_dir: Path, *, runs: int, variant_runs: int, variant_horizon: int = VARIANT_HORIZON
+) -> dict[str, Any]:
     """Every sampler's TV to p^alpha and its cost, as JSON rows."""
     exact = ExactModel(model_dir, SHARP_PROMPT)
     target = exact.power_distribution(HORIZON, ALPHA)
@@ -110,13 +171,13 @@ def fidelity(model_dir: Path, *, runs: int) -> dict[str, Any]:
         "alpha": ALPHA,
         "horizon": HORIZON,
         "runs": runs,
-        # TV of an empirical law of `runs` samples from the target itself: the Monte Carlo floor.
-        "noise_floor": 0.5 * sum(math.sqrt(p * (1 - p) / runs) for p in target.values()),
+        "noise_floor": _noise_floor(target, runs),
         "plain_low_temperature": {
             "tv": total_variation(tempered, target),
             "tokens": _mean_length(tempered),
         },
         "rows": rows,
+        "resampling": resampling_variants(exact, runs=variant_runs, horizon=variant_horizon),
     }
 
 
@@ -132,8 +193,9 @@ STYLES = {"tempered pool": {"linestyle": "--", "marker": "x"}}  # it lies on SMC
 
 
 def plot(report: dict[str, Any], path: Path) -> None:
-    """TV to p^alpha against the sampler's own knob (left) and against tokens generated (right)."""
-    with saved_figure(path, dpi=120, figsize=(12, 4.8), ncols=2) as (figure, (knob, cost)):
+    """TV to p^alpha against the sampler's own knob (left), against tokens generated (middle), and
+    SMC's resampling variants against N on longer answers (right)."""
+    with saved_figure(path, dpi=120, figsize=(18, 4.8), ncols=3) as (figure, (knob, cost, variants)):
         for name, rows in report["rows"].items():
             style = {"marker": "o"} | STYLES.get(name, {})
             x = [max(r.get("steps", r.get("particles")), 0.5) for r in rows]  # 0 steps: the edge
@@ -153,10 +215,32 @@ def plot(report: dict[str, Any], path: Path) -> None:
         knob.set_xlabel("MH steps per block (0 at the left edge) / particles / pool size")
         cost.set_xlabel("tokens generated per answer")
         cost.legend(loc="lower left", fontsize=8)  # the corner the curves leave empty
+        _plot_variants(variants, report["resampling"])
         figure.suptitle(
             f"Fidelity to p^{report['alpha']:g} on the enumerable model "
             f"(answers of up to {report['horizon']} tokens)"
         )
+
+
+def _plot_variants(axis: Any, section: dict[str, Any]) -> None:
+    for block_size in VARIANT_BLOCKS:
+        for name in VARIANTS:
+            rows = [r for r in section["rows"] if r["variant"] == name and r["block_size"] == block_size]
+            axis.plot(
+                [r["particles"] for r in rows],
+                [r["tv"] for r in rows],
+                marker="o",
+                linestyle="-" if block_size == 1 else "--",
+                label=f"{name}, blocks of {block_size}",
+            )
+    axis.axhline(section["noise_floor"], color="grey", linestyle=":", linewidth=1)
+    axis.set_xscale("log", base=2)
+    axis.set_yscale("log")
+    axis.set_xlabel("particles")
+    axis.set_ylabel("total variation to p^alpha")
+    axis.set_title(f"Power-SMC resampling, answers of up to {section['horizon']} tokens", fontsize=10)
+    axis.grid(alpha=0.3, which="both")
+    axis.legend(loc="lower left", fontsize=8)
 
 
 def main() -> None:
@@ -165,7 +249,7 @@ def main() -> None:
         model_dir = build_tiny_model(
             Path(work) / "tiny", seed=SHARP_SEED, weight_scale=SHARP_WEIGHT_SCALE
         )
-        report = fidelity(model_dir, runs=args.runs)
+        report = fidelity(model_dir, runs=args.runs, variant_runs=args.variant_runs)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2))
     plot(report, args.out.with_suffix(".png"))
@@ -177,6 +261,18 @@ def main() -> None:
         for r in rows:
             knob = r.get("steps", r.get("particles"))
             print(f"| {name} | {knob} | {r['tv']:.3f} | {r['tokens']:.1f} |")
+    section = report["resampling"]
+    print(f"\nResampling, answers of up to {section['horizon']} tokens (TV to p^alpha):")
+    print("| variant | blocks of | " + " | ".join(f"N = {n}" for n in VARIANT_PARTICLES) + " |")
+    print("|---|---|" + "---|" * len(VARIANT_PARTICLES))
+    for block_size in VARIANT_BLOCKS:
+        for name in VARIANTS:
+            tvs = [
+                f"{r['tv']:.4f}"
+                for r in section["rows"]
+                if r["variant"] == name and r["block_size"] == block_size
+            ]
+            print(f"| {name} | {block_size} | " + " | ".join(tvs) + " |")
 
 
 if __name__ == "__main__":

@@ -38,7 +38,7 @@ from service.distill.data import DEFAULT_PROMPTS, PromptItem, answer_is_correct,
 from service.distill.evaluate import wilson_interval
 from service.model_store import ensure_default_model
 
-__all__ = ["pick"]
+__all__ = ["held_out_run", "pick", "run", "table"]
 
 
 def parse_args() -> argparse.Namespace:
@@ -117,11 +117,18 @@ def summarise(answers: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-async def run(url: str, items: list[PromptItem], args: argparse.Namespace) -> dict[str, Any]:
+async def run(
+    url: str,
+    items: list[PromptItem],
+    args: argparse.Namespace,
+    routes: dict[str, dict[str, Any]] | None = None,
+) -> dict[str, Any]:
+    """Every route (request fields by name; this benchmark's own by default) on every prompt, with
+    the same seeds, ``args.concurrency`` at a time: a summary row per route."""
     gate = asyncio.Semaphore(args.concurrency)
     rows = {}
     async with httpx.AsyncClient(base_url=url, timeout=600) as client:
-        for name, params in _routes(args).items():
+        for name, params in (routes or _routes(args)).items():
 
             async def one(i: int, item: PromptItem, params: dict[str, Any] = params) -> dict:
                 async with gate:
@@ -150,15 +157,16 @@ def table(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def main() -> None:
-    args = parse_args()
+def held_out_run(args: argparse.Namespace, routes: dict[str, dict[str, Any]], name: str) -> None:
+    """Start the embedded default, ask every route the held-out prompts, write ``args.out`` (with
+    the service's log beside it as ``<name>.service.log``) and print the table."""
     ensure_default_model(Settings().cache_dir)
     RESULTS.mkdir(exist_ok=True)
     items = read_prompts(DEFAULT_PROMPTS, "heldout", args.prompts)
-    service = ServiceProcess([], RESULTS / "bench_pool.service.log")
+    service = ServiceProcess([], RESULTS / f"{name}.service.log")
     try:
         service.wait_ready()
-        rows = asyncio.run(run(service.url, items, args))
+        rows = asyncio.run(run(service.url, items, args, routes))
     finally:
         service.stop()
     report = {
@@ -169,6 +177,11 @@ def main() -> None:
     }
     args.out.write_text(json.dumps(report, indent=2))
     print(table(report))
+
+
+def main() -> None:
+    args = parse_args()
+    held_out_run(args, _routes(args), "bench_pool")
 
 
 if __name__ == "__main__":

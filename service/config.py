@@ -334,6 +334,12 @@ class PowerSettings(_SettingsGroup):
         description="Sequences the engine (all workers together) decodes at little more cost per "
         "step than one; load-adaptive N fills it.",
     )
+    power_resampling: Literal["systematic", "chopthin"] = Field(
+        "systematic",
+        description="How SMC resamples when its weights degenerate: systematic (N equal copies by "
+        "weight) or chopthin (thin light particles, chop heavy ones, weights kept within a ratio). "
+        "A request's power_resampling overrides.",
+    )
     power_mcmc_steps: int = Field(10, ge=0, description="Default Metropolis-Hastings steps per block.")
     power_max_tokens: int = Field(
         256,

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from service.engines.base import Constraint
-from service.power import PowerMethod, PowerReport, SamplerStats
+from service.power import PowerMethod, PowerReport, Resampling, SamplerStats
 
 __all__ = ["Choice", "ChoiceDelta", "GenerationRequest", "GenerationResult", "SelfReward"]
 
@@ -43,6 +43,10 @@ class GenerationRequest:
     power_stream_lag: int | None = None
     # The most tokens generated per token returned the caller will pay (the route fits N or steps).
     power_budget: float | None = None
+    # The seconds the caller will wait for an answer (the route fits N or steps to its estimates).
+    power_latency_target: float | None = None
+    # How SMC resamples (None: the operator's default).
+    power_resampling: Resampling | None = None
     # Structured outputs (response_format, or a tool call the request requires).
     constraint: Constraint | None = None
     # The request field the constraint came from, for error messages.

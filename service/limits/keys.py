@@ -14,6 +14,7 @@ Keys come from two places, both optional:
       admin = true              # optional: an operator's key, which sees every project's objects
       power_budget = 4          # optional: the power_budget of this key's power requests that
                                 # set none (tokens generated per token returned)
+      power_latency_target = 10 # optional: likewise their power_latency_target (seconds)
 
 A presented key is hashed and compared with every stored hash by ``hmac.compare_digest``, so the time
 taken says nothing about how much of a key was right, nor which key it was close to.
@@ -42,8 +43,8 @@ def hash_key(key: str) -> str:
 class ApiKey:
     """A key's name (what logs and limits see, never the key), its own limits (None follows the
     settings, 0 is unlimited), the project that owns what it creates, and whether it is an
-    operator's key that sees every project, and the ``power_budget`` its power requests get when
-    they set none."""
+    operator's key that sees every project, and the ``power_budget`` and ``power_latency_target``
+    its power requests get when they set none."""
 
     name: str
     rpm: int | None = None
@@ -51,6 +52,7 @@ class ApiKey:
     project_name: str | None = None
     admin: bool = False
     power_budget: float | None = None
+    power_latency_target: float | None = None
 
     @property
     def project(self) -> str:
@@ -129,11 +131,24 @@ def _read_keys_file(path: Path) -> dict[str, ApiKey]:
         if not isinstance(admin, bool):
             raise ValueError(f"{path}: key {name!r}: admin must be true or false")
         budget = entry.get("power_budget")
-        if budget is not None and (
-            isinstance(budget, bool) or not isinstance(budget, int | float) or not 1 <= budget < math.inf
-        ):
+        if budget is not None and not (_is_number(budget) and 1 <= budget < math.inf):
             raise ValueError(f"{path}: key {name!r}: power_budget must be a number >= 1")
+        target = entry.get("power_latency_target")
+        if target is not None and not (_is_number(target) and 0 < target <= 3600):
+            raise ValueError(
+                f"{path}: key {name!r}: power_latency_target must be a number of seconds in (0, 3600]"
+            )
         keys[digest] = ApiKey(
-            str(name), **limits, project_name=project, admin=admin, power_budget=budget
+            str(name),
+            **limits,
+            project_name=project,
+            admin=admin,
+            power_budget=budget,
+            power_latency_target=target,
         )
     return keys
+
+
+def _is_number(value: Any) -> bool:
+    """An int or float, not a bool (TOML's true is not 1 here)."""
+    return isinstance(value, int | float) and not isinstance(value, bool)

@@ -125,7 +125,8 @@ POWER_SMC_RESAMPLES = Histogram(
 POWER_SMC_PARTICLES = Histogram(
     "powerserve_power_smc_particles",
     "Particles per SMC request, by what chose them: request, default, seed (a seeded request's "
-    "fixed N), load (the room in the engine's batch) or budget (the request's power_budget).",
+    "fixed N), load (the room in the engine's batch), budget (the request's power_budget) or "
+    "latency_target (fitted to the request's power_latency_target).",
     ["chosen_by"],
     buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
     registry=REGISTRY,

@@ -18,6 +18,7 @@ from service.engines.base import EngineInfo, SamplingOptions
 from service.errors import ContextLengthError, InvalidRequestError, TokenBudgetError
 from service.generation import GenerationRequest
 from service.pipeline.catalog import ModelRoute, RouteKind
+from service.pipeline.latency import LatencyEstimates, fit_latency
 from service.pipeline.power_choice import default_particles, fit_budget
 from service.power import PowerChoice, PowerConfig
 
@@ -32,6 +33,8 @@ POWER_FIELDS = (
     "block_size",
     "power_stream_lag",
     "power_budget",
+    "power_latency_target",
+    "power_resampling",
 )
 # PowerConfig fields -> the request parameters that set them, for error messages.
 _POWER_PARAMS = {
@@ -39,6 +42,7 @@ _POWER_PARAMS = {
     "stream_lag": "power_stream_lag",
     "method": "power_method",
     "particles": "power_particles",
+    "resampling": "power_resampling",
 }
 
 
@@ -108,8 +112,10 @@ def resolve(
     info: EngineInfo,
     *,
     load: int = 0,
+    latency: LatencyEstimates | None = None,
 ) -> ResolvedRequest:
-    """``load``: the engine sequences in flight, which size the power route's default N."""
+    """``load``: the engine sequences in flight, which size the power route's default N;
+    ``latency``: what recent answers took, which sizes an answer under power_latency_target."""
     if request.n > settings.max_n:
         raise InvalidRequestError(f"n must be <= {settings.max_n}.", param="n")
     common: dict[str, Any] = dict(
@@ -123,7 +129,7 @@ def resolve(
     )
     if route.kind is RouteKind.POWER:
         max_tokens = _max_tokens(request, info, default=settings.power_max_tokens)
-        config, choice = _power_config(request, settings, max_tokens, load)
+        config, choice = _power_config(request, settings, max_tokens, load, latency)
         resolved = ResolvedRequest(**common, power=config, power_choice=choice)
         if choice.chosen_by == "load" and resolved.worst_case_tokens > settings.power_token_budget:
             # The load's choice must not turn a request that fits at the fixed N into a 400.
@@ -154,7 +160,11 @@ def resolve(
 
 
 def _power_config(
-    request: GenerationRequest, settings: Settings, max_tokens: int, load: int
+    request: GenerationRequest,
+    settings: Settings,
+    max_tokens: int,
+    load: int,
+    latency: LatencyEstimates | None,
 ) -> tuple[PowerConfig, PowerChoice]:
     if request.logit_bias:
         raise InvalidRequestError(
@@ -195,12 +205,19 @@ def _power_config(
                     f"`{name}` applies to power_method `mh`; `smc` streams exactly without a lag.",
                     param=name,
                 )
-    elif request.power_particles is not None:
-        raise InvalidRequestError(
-            "`power_particles` applies to power_method `smc`.", param="power_particles"
-        )
+    else:
+        for name in ("power_particles", "power_resampling"):
+            if getattr(request, name) is not None:
+                raise InvalidRequestError(f"`{name}` applies to power_method `smc`.", param=name)
     # The sampler's size: the request's own (power_particles or mcmc_steps), else the route's.
     asked = request.power_particles is not None or request.mcmc_steps is not None
+    if asked and request.power_latency_target is not None:
+        raise InvalidRequestError(
+            "power_latency_target lets the route choose the sampler's size; this request sets "
+            f"{'power_particles' if request.power_particles is not None else 'mcmc_steps'} "
+            "itself. Leave one of them unset.",
+            param="power_latency_target",
+        )
     particles, choice = settings.power_particles, PowerChoice("request" if asked else "default")
     if method == "smc" and request.power_particles is not None:
         particles = request.power_particles
@@ -213,6 +230,7 @@ def _power_config(
             alpha=alpha,
             mcmc_steps=settings.power_mcmc_steps if request.mcmc_steps is None else request.mcmc_steps,
             particles=particles,
+            resampling=request.power_resampling or settings.power_resampling,
             block_size=request.block_size,
             top_logprobs=settings.power_top_logprobs,
             stream_lag=request.power_stream_lag,
@@ -226,9 +244,13 @@ def _power_config(
         if field == "alpha" and request.power_alpha is None:
             param = "temperature"
         raise InvalidRequestError(str(exc), param=param) from exc
-    if request.power_budget is None:
-        return config, choice
-    return fit_budget(config, choice, request.power_budget, asked=asked)
+    if request.power_budget is not None:
+        config, choice = fit_budget(config, choice, request.power_budget, asked=asked)
+    if request.power_latency_target is not None:
+        config, choice = fit_latency(
+            config, choice, request.power_latency_target, latency or LatencyEstimates()
+        )
+    return config, choice
 
 
 def _check_budget(resolved: ResolvedRequest, budget: int) -> None:

@@ -24,8 +24,9 @@ from service.engines.base import DISTILLED_ADAPTER, Engine, current_priority
 from service.generation import Choice, ChoiceDelta, GenerationRequest, GenerationResult
 from service.metrics import record
 from service.pipeline.caching import CacheControl, CachePolicy, ResultCache, replay
-from service.pipeline.catalog import ModelRoute, find_route, model_routes
+from service.pipeline.catalog import ModelRoute, RouteKind, find_route, model_routes
 from service.pipeline.execute import ChoiceGenerator
+from service.pipeline.latency import LatencyEstimates
 from service.pipeline.resolve import ResolvedRequest, resolve
 from service.prompts import PromptRenderer
 
@@ -79,12 +80,25 @@ class CompletionService:
         # arrivals resolves before any of it reaches the engine. An entry leaves when its request
         # starts computing, or after _PENDING_S (one answered from the cache never does).
         self._pending: dict[int, tuple[float, int]] = {}
+        # What recent answers took, by sampler and size: what power_latency_target is fitted to.
+        self.latency = LatencyEstimates()
 
     def interactive_busy(self, within_s: float) -> bool:
         """Whether an interactive answer is being computed, or ended less than ``within_s`` ago
         (a client's next request usually follows its last one closely)."""
         recent = time.monotonic() - self.interactive_ended_at < within_s
         return self.interactive_in_flight > 0 or recent
+
+    def _observe(self, resolved: ResolvedRequest, result: GenerationResult, seconds: float) -> None:
+        """Learn from a computed answer what its sampler and size take per token (its choices
+        run at once, so the longest one sets the time)."""
+        tokens = max((len(choice.token_ids) for choice in result.choices), default=0)
+        power, sampling = resolved.power, resolved.sampling
+        if power is not None and power.constraint is None:
+            size = power.particles if power.method == "smc" else power.mcmc_steps
+            self.latency.observe(power.method, size, seconds, tokens)
+        elif resolved.route.kind is RouteKind.PLAIN and sampling and sampling.constraint is None:
+            self.latency.observe("plain", 1, seconds, tokens)
 
     @contextmanager
     def _computing(self, resolved: ResolvedRequest) -> Iterator[None]:
@@ -122,7 +136,9 @@ class CompletionService:
         self._pending = {k: v for k, v in self._pending.items() if now - v[0] < _PENDING_S}
         pending = sum(sequences for _, sequences in self._pending.values())
         load = max(self.engine.num_running_requests(), self.sequences_in_flight) + pending
-        resolved = resolve(route, request, self.settings, self.engine.info, load=load)
+        resolved = resolve(
+            route, request, self.settings, self.engine.info, load=load, latency=self.latency
+        )
         if len(self._pending) < _PENDING_MAX:
             self._pending[id(resolved)] = (now, resolved.sequences)
         return resolved
@@ -171,12 +187,14 @@ class CompletionService:
         return AnswerStream("miss", _timed(self._stream_computed(resolved, policy), kind, began))
 
     async def _compute(self, resolved: ResolvedRequest) -> GenerationResult:
+        began = time.monotonic()
         with record.in_flight(resolved.route.kind), self._computing(resolved):
             choices = [
                 c async for c in self.generator.choices(resolved, stream=False) if isinstance(c, Choice)
             ]
         result = self.generator.assemble(resolved, choices)
         record.answer_computed(resolved.route.kind, result)
+        self._observe(resolved, result, time.monotonic() - began)
         return result
 
     async def _compute_and_store(
@@ -192,6 +210,7 @@ class CompletionService:
         kind = resolved.route.kind
         # A cacheable stream leads its single flight: identical requests arriving meanwhile wait.
         leading = self._flight.lead(policy.key) if policy is not None else nullcontext()
+        began = time.monotonic()
         with record.in_flight(kind), self._computing(resolved), leading as future:
             choices: list[Choice] = []
             async for event in self.generator.choices(resolved, stream=True):
@@ -200,6 +219,7 @@ class CompletionService:
                 yield event
             result = self.generator.assemble(resolved, choices)
             record.answer_computed(kind, result)
+            self._observe(resolved, result, time.monotonic() - began)
             if policy is not None and future is not None:
                 result = replace(result, cache="miss")
                 await self.cache.store_result(policy, result)

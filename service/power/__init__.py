@@ -2,7 +2,13 @@
 exact reference, mh.py) or by Power-SMC particles (fast, smc.py), and restricted to the answers a
 grammar accepts by importance sampling (constrained.py), behind one interface."""
 
-from service.power.config import POWER_METHODS, PowerConfig, PowerMethod
+from service.power.config import (
+    POWER_METHODS,
+    RESAMPLING_SCHEMES,
+    PowerConfig,
+    PowerMethod,
+    Resampling,
+)
 from service.power.constrained import ConstrainedPowerSampler
 from service.power.mh import SuffixMHSampler
 from service.power.normaliser import log_normaliser
@@ -14,6 +20,7 @@ from service.power.smc import PowerSMCSampler
 
 __all__ = [
     "POWER_METHODS",
+    "RESAMPLING_SCHEMES",
     "ChosenBy",
     "ConstrainedPowerSampler",
     "FinalTokens",
@@ -23,6 +30,7 @@ __all__ = [
     "PowerReport",
     "PowerSMCSampler",
     "PowerSample",
+    "Resampling",
     "Sampler",
     "SamplerStats",
     "StopAt",

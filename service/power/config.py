@@ -8,10 +8,12 @@ from typing import Literal
 
 from service.engines.base import Constraint
 
-__all__ = ["POWER_METHODS", "PowerConfig", "PowerMethod"]
+__all__ = ["POWER_METHODS", "RESAMPLING_SCHEMES", "PowerConfig", "PowerMethod", "Resampling"]
 
 PowerMethod = Literal["mh", "smc"]
 POWER_METHODS: tuple[PowerMethod, ...] = ("mh", "smc")
+Resampling = Literal["systematic", "chopthin"]
+RESAMPLING_SCHEMES: tuple[Resampling, ...] = ("systematic", "chopthin")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -39,10 +41,11 @@ class PowerConfig:
     # Tokens per block (B); None means max_tokens // 16 (the paper's choice), at least 1. For SMC,
     # the tokens particles grow between two reweighting (and possible resampling) points.
     block_size: int | None = None
-    # SMC: number of particles (N), and the share of N under which the effective sample size
-    # triggers resampling.
+    # SMC: number of particles (N), the share of N under which the effective sample size
+    # triggers resampling, and how (smc.py: systematic, or chopthin).
     particles: int = 4
     resample_threshold: float = 0.5
+    resampling: Resampling = "systematic"
     # Stop strings: absorbing, like EOS, so the target is p**alpha over answers that end at one.
     stop: tuple[str, ...] = ()
     # Raw top-k log-probs fetched per proposed token to compute the normalisers zeta_t; exact when
@@ -72,6 +75,10 @@ class PowerConfig:
             raise ValueError(f"method must be one of {', '.join(POWER_METHODS)}, got {self.method!r}")
         if self.particles < 1:
             raise ValueError(f"particles must be >= 1, got {self.particles}")
+        if self.resampling not in RESAMPLING_SCHEMES:
+            raise ValueError(
+                f"resampling must be one of {', '.join(RESAMPLING_SCHEMES)}, got {self.resampling!r}"
+            )
         if not 0 <= self.resample_threshold <= 1:
             raise ValueError(f"resample_threshold must be in [0, 1], got {self.resample_threshold}")
         if self.method == "smc" and math.isinf(self.alpha):

@@ -16,7 +16,7 @@ __all__ = ["ChosenBy", "PowerChoice", "PowerReport", "SamplerStats"]
 # What set the sampler's size: the request's own parameters, the operator's default (fixed N, or
 # MH's steps), the fixed N of a seeded request, the engine's load, or the request's power_budget
 # (service/pipeline/power_choice.py).
-ChosenBy = Literal["request", "default", "seed", "load", "budget"]
+ChosenBy = Literal["request", "default", "seed", "load", "budget", "latency_target"]
 
 
 @dataclass(frozen=True)
@@ -28,6 +28,10 @@ class PowerChoice:
     engine_load: int | None = None
     # The most tokens generated per returned token the caller would pay.
     budget: float | None = None
+    # The seconds the caller would wait, and what the route expected the size it chose to take
+    # (None before it had seen an answer to learn from).
+    latency_target: float | None = None
+    predicted_latency_s: float | None = None
 
 
 @dataclass
@@ -79,10 +83,14 @@ class PowerReport:
     resamples: int | None = None
     min_ess: float | None = None
     # PowerChoice's fields: what set N or the steps, the engine sequences in flight when the load
-    # did, and the request's power_budget.
+    # did, the request's power_budget and power_latency_target, and the latency expected.
     chosen_by: ChosenBy | None = None
     engine_load: int | None = None
     budget: float | None = None
+    latency_target: float | None = None
+    predicted_latency_s: float | None = None
+    # SMC: how it resampled.
+    resampling: str | None = None
 
     @classmethod
     def summarise(
@@ -103,6 +111,8 @@ class PowerReport:
             chosen_by=None if choice is None else choice.chosen_by,
             engine_load=None if choice is None else choice.engine_load,
             budget=None if choice is None else choice.budget,
+            latency_target=None if choice is None else choice.latency_target,
+            predicted_latency_s=None if choice is None else choice.predicted_latency_s,
         )
         if config.method == "mh":
             proposals = sum(run.proposals for run in runs)
@@ -114,6 +124,7 @@ class PowerReport:
         else:
             ess = [run.min_ess for run in runs if run.min_ess is not None]
             report.particles = config.particles
+            report.resampling = config.resampling
             report.resamples = sum(run.resamples for run in runs)
             report.min_ess = min(ess, default=None)
         return report
@@ -121,9 +132,10 @@ class PowerReport:
     def to_json(self) -> dict[str, Any]:
         """The response's ``power`` object: the fields of the method that ran (alpha = inf as "inf")."""
         mh = ("mcmc_steps", "stream_lag", "proposals", "accepted", "acceptance_rate")
-        smc = ("particles", "resamples", "min_ess")
+        smc = ("particles", "resamples", "min_ess", "resampling")
         skip = smc if self.method == "mh" else mh
-        unset = {k for k in ("engine_load", "budget") if getattr(self, k) is None}
+        optional = ("engine_load", "budget", "latency_target", "predicted_latency_s")
+        unset = {k for k in optional if getattr(self, k) is None}
         data = {k: v for k, v in self.__dict__.items() if k not in skip and k not in unset}
         data["alpha"] = self.alpha if math.isfinite(self.alpha) else "inf"
         return data

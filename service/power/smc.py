@@ -19,7 +19,9 @@ With N particles, all log-weights w_i = 0, and blocks b = 1..K of B tokens (hori
                 nothing more.
   2. Resample.  If the effective sample size ESS = (sum e^w)^2 / sum e^2w falls below kappa * N
                 (and more blocks follow), draw N ancestors by systematic resampling with chance
-                ∝ e^w and reset the weights to equal. An ancestor's first copy keeps its request;
+                ∝ e^w and reset the weights to equal (or, with chopthin, thin the light particles
+                and chop the heavy ones into copies that keep unequal weights within a ratio
+                eta: Gandy & Lee 2017). An ancestor's first copy keeps its request;
                 every other copy is a new request whose prompt ends with the ancestor's tokens up
                 to H_b (a prefix-cache hit), and the requests of the particles no copy keeps are
                 aborted. Re-submitting every particle every block, as before, cost a prefill and a
@@ -45,6 +47,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import uuid
 from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Sequence
 
@@ -56,7 +59,16 @@ from service.power.proposal import StopAt, Trajectory, normalisers, proposal_opt
 from service.power.report import SamplerStats
 from service.power.sample import FinalTokens, PowerSample
 
-__all__ = ["PowerSMCSampler", "effective_sample_size", "systematic_resample"]
+__all__ = [
+    "CHOPTHIN_ETA",
+    "PowerSMCSampler",
+    "chopthin_resample",
+    "effective_sample_size",
+    "systematic_resample",
+]
+
+# Chopthin's bound on the ratio of weights after resampling: Gandy & Lee's default, 3 + 2 sqrt 2.
+CHOPTHIN_ETA = 3 + 2 * math.sqrt(2)
 
 
 def effective_sample_size(log_weights: np.ndarray) -> float:
@@ -73,6 +85,44 @@ def systematic_resample(log_weights: np.ndarray, rng: np.random.Generator) -> np
     edges[-1] = 1.0  # no index past the end from rounding
     points = (rng.random() + np.arange(n)) / n
     return np.searchsorted(edges, points, side="right")
+
+
+def chopthin_resample(
+    log_weights: np.ndarray, rng: np.random.Generator, eta: float = CHOPTHIN_ETA
+) -> tuple[np.ndarray, np.ndarray]:
+    """N ancestor indices and the log-weights their copies carry, by chopthin (Gandy & Lee 2017).
+
+    With weights scaled to mean 1, a threshold a and b = eta * a / 2: a particle lighter than a
+    survives with chance w / a at weight a (thinning), one between a and b survives once as it is,
+    and one heavier than b becomes floor or ceil of w / b copies sharing its weight (chopping); a
+    is where these expected counts sum to N, and the counts are drawn systematically, so exactly N
+    remain, each particle's weight is kept in expectation, and no two weights differ by more than
+    eta. Unlike systematic resampling, the weights stay unequal: less is thrown away.
+    """
+    n = len(log_weights)
+    w = np.exp(log_weights - log_weights.max())
+    w = w / w.sum() * n
+
+    def expected_counts(a: float) -> np.ndarray:
+        b = eta * a / 2
+        return np.where(w < a, w / a, np.where(w < b, 1.0, w / b))
+
+    # The counts fall as a grows, from more than N (a -> 0) to 1 at most (a = N): bisect on log a.
+    low, high = 1e-300, float(n)
+    for _ in range(200):
+        mid = math.sqrt(low * high)
+        low, high = (mid, high) if expected_counts(mid).sum() > n else (low, mid)
+        if high / low < 1 + 1e-12:
+            break
+    counts = expected_counts(high)
+    edges = np.cumsum(counts / counts.sum())
+    edges[-1] = 1.0
+    ancestors = np.searchsorted(edges, (rng.random() + np.arange(n)) / n, side="right")
+    copies = np.bincount(ancestors, minlength=n)
+    # A thinned survivor weighs a (= w / its expected count); a chopped particle's copies share w.
+    thinned = np.divide(w, counts, out=np.zeros_like(w), where=counts > 0)
+    weight = np.where(counts < 1, thinned, w / np.maximum(copies, 1))
+    return ancestors, np.log(weight[ancestors])
 
 
 class PowerSMCSampler:
@@ -134,7 +184,10 @@ class PowerSMCSampler:
                 if ess < config.resample_threshold * n:
                     stats.resamples += 1
                     stats.min_ess = ess if stats.min_ess is None else min(stats.min_ess, ess)
-                    ancestors = systematic_resample(log_weights, rng)
+                    if config.resampling == "chopthin":
+                        ancestors, resampled = chopthin_resample(log_weights, rng)
+                    else:
+                        ancestors, resampled = systematic_resample(log_weights, rng), np.zeros(n)
                     kept: set[int] = set()
                     survivors = []
                     for slot, a in enumerate(ancestors):
@@ -146,7 +199,7 @@ class PowerSMCSampler:
                     await _stop_all(p for i, p in enumerate(particles) if i not in kept)
                     particles = survivors
                     weighed = [min(len(p.trajectory), horizon) for p in particles]
-                    log_weights = np.zeros(n)
+                    log_weights = resampled
 
                 # 3. Stream the prefix every particle shares up to the horizon: no later step can
                 #    change it (a later copy restarts at a later horizon).

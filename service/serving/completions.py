@@ -221,11 +221,16 @@ class CompletionsServing(abc.ABC, Generic[RequestT]):
             )
 
     def _resolve(self, route: ModelRoute, request: GenerationRequest, caller: Caller) -> ResolvedRequest:
-        """Step 1 of the request path, with the caller's key's power_budget for a power request
-        that sets none."""
-        budget = caller.key.power_budget if caller.key is not None else None
-        if route.kind is RouteKind.POWER and request.power_budget is None and budget is not None:
-            request = replace(request, power_budget=budget)
+        """Step 1 of the request path, with the caller's key's power_budget and
+        power_latency_target for a power request that sets none."""
+        key = caller.key
+        if route.kind is RouteKind.POWER and key is not None:
+            if request.power_budget is None and key.power_budget is not None:
+                request = replace(request, power_budget=key.power_budget)
+            asked = request.power_particles is not None or request.mcmc_steps is not None
+            # A key's target sizes what the request leaves to the route; it does not refuse.
+            if request.power_latency_target is None and not asked:
+                request = replace(request, power_latency_target=key.power_latency_target)
         return self.pipeline.resolve(route, request)
 
     def _control(self, control: CacheControl, caller: Caller) -> CacheControl:

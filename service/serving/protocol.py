@@ -11,9 +11,9 @@ naming them unless they hold their neutral value, and unknown fields are logged 
 
 Extensions beside the OpenAI fields: the power route's parameters (``power_method``,
 ``power_particles``, ``power_alpha``, ``mcmc_steps``, ``block_size``, ``power_stream_lag``,
-``power_budget``; ``extra_body`` in the OpenAI SDK), vLLM's ``structured_outputs`` (a regex or a
-choice), and in responses a ``self_reward`` object on every route and a ``power`` report on the
-power route.
+``power_budget``, ``power_latency_target``, ``power_resampling``; ``extra_body`` in the OpenAI
+SDK), vLLM's ``structured_outputs`` (a regex or a choice), and in responses a ``self_reward``
+object on every route and a ``power`` report on the power route.
 """
 
 from __future__ import annotations
@@ -294,6 +294,8 @@ class _SamplingFields(CheckedRequest):
     block_size: Annotated[int, Field(ge=1)] | None = None
     power_stream_lag: Annotated[int, Field(ge=0)] | None = None
     power_budget: Annotated[float, Field(ge=1, allow_inf_nan=False)] | None = None
+    power_latency_target: Annotated[float, Field(gt=0, le=3600, allow_inf_nan=False)] | None = None
+    power_resampling: Literal["systematic", "chopthin"] | None = None
 
     @field_validator("stop")
     @classmethod
@@ -361,6 +363,8 @@ class _SamplingFields(CheckedRequest):
             block_size=self.block_size,
             power_stream_lag=self.power_stream_lag,
             power_budget=self.power_budget,
+            power_latency_target=self.power_latency_target,
+            power_resampling=self.power_resampling,
             prompt_param=prompt_param,
             constraint=constraint[0] if constraint else None,
             constraint_param=constraint[1] if constraint else "response_format",

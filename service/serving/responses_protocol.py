@@ -206,6 +206,8 @@ class ResponseCreateRequest(CheckedRequest):
     block_size: int | None = None
     power_stream_lag: int | None = None
     power_budget: float | None = None
+    power_latency_target: float | None = None
+    power_resampling: str | None = None
 
     @field_validator("tools", mode="before")
     @classmethod

@@ -18,7 +18,8 @@ from tests.conftest import start_service, tiny_engine_args
 
 # name -> (key, project, admin); the keys file holds their hashes. red has two keys; green's key
 # has a requests-per-minute limit (whose headers show what a batch was charged); alan's power
-# requests that set no power_budget get his key's.
+# requests that set no power_budget get his key's, and bob's a power_latency_target no answer can
+# meet.
 KEYS = {
     "ops": ("sk-ops", "ops", True),
     "alice": ("sk-alice", "red", False),
@@ -28,6 +29,7 @@ KEYS = {
 }
 RPM = {"batcher": 1000}
 POWER_BUDGET = {"alan": 2.0}
+LATENCY_TARGET = {"bob": 1e-6}
 ADMIN_KEY = KEYS["ops"][0]
 
 
@@ -37,6 +39,7 @@ def write_keys_file(path: Path) -> Path:
         + ("admin = true\n" if admin else "")
         + (f"rpm = {RPM[name]}\n" if name in RPM else "")
         + (f"power_budget = {POWER_BUDGET[name]}\n" if name in POWER_BUDGET else "")
+        + (f"power_latency_target = {LATENCY_TARGET[name]}\n" if name in LATENCY_TARGET else "")
         for name, (key, project, admin) in KEYS.items()
     ]
     path.write_text("\n".join(entries))

@@ -215,3 +215,9 @@ def test_a_keys_power_budget_is_the_default_of_its_power_requests(jobs_gateway: 
         model=TINY_MODEL_NAME, prompt="a b", max_tokens=2
     )
     assert plain.choices[0].finish_reason in ("stop", "length")
+    # bob's key sets a latency target no answer meets: once the gateway has timed an answer (the
+    # plain one above), his requests run one particle; one that sets its own N is not refused.
+    bob = report("bob")
+    assert (bob["particles"], bob["chosen_by"], bob["latency_target"]) == (1, "latency_target", 1e-6)
+    own = report("bob", power_particles=3)
+    assert (own["particles"], own["chosen_by"]) == (3, "request") and "latency_target" not in own

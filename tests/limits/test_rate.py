@@ -150,7 +150,7 @@ def test_keys_name_their_project_and_admin(tmp_path: Path) -> None:
     keys_file.write_text(
         f'[keys.alice]\nsha256 = "{hash_key("sk-a")}"\nproject = "red"\n'
         f'[keys.ops]\nsha256 = "{hash_key("sk-o")}"\nadmin = true\n'
-        f'[keys.bob]\nsha256 = "{hash_key("sk-b")}"\npower_budget = 3\n'
+        f'[keys.bob]\nsha256 = "{hash_key("sk-b")}"\npower_budget = 3\npower_latency_target = 2.5\n'
     )
     ring = KeyRing.from_settings("carol=sk-c", keys_file)
     alice, ops, bob, carol = (ring.authenticate(k) for k in ("sk-a", "sk-o", "sk-b", "sk-c"))
@@ -158,6 +158,7 @@ def test_keys_name_their_project_and_admin(tmp_path: Path) -> None:
     assert ops is not None and (ops.project, ops.admin) == ("ops", True)
     assert bob is not None and bob.project == "bob"  # a key without a project is its own
     assert (bob.power_budget, alice.power_budget) == (3, None)
+    assert (bob.power_latency_target, alice.power_latency_target) == (2.5, None)
     assert carol is not None and carol.project == "carol"
     assert ring.named("alice") == alice and ring.named("nobody") is None
     problems = [
@@ -166,6 +167,9 @@ def test_keys_name_their_project_and_admin(tmp_path: Path) -> None:
         ("power_budget = 0.5", "power_budget"),
         ("power_budget = inf", "power_budget"),
         ("power_budget = true", "power_budget"),
+        ("power_latency_target = 0", "power_latency_target"),
+        ("power_latency_target = 3601", "power_latency_target"),
+        ('power_latency_target = "10s"', "power_latency_target"),
     ]
     for entry, problem in problems:
         bad = tmp_path / "bad.toml"

@@ -11,13 +11,14 @@ from pathlib import Path
 
 import pytest
 
-from loadtests.bench_fidelity import PARTICLES, STEPS, fidelity, plot
+from loadtests.bench_fidelity import PARTICLES, STEPS, VARIANT_PARTICLES, fidelity, plot
 from loadtests.bench_pool import pick
 
 
 @pytest.fixture(scope="module")
 def report(tiny_model_dir: Path) -> dict:
-    return fidelity(tiny_model_dir, runs=4_000)
+    # Answers of up to 4 tokens for the resampling variants: the benchmark's 6 take a minute more.
+    return fidelity(tiny_model_dir, runs=4_000, variant_runs=20_000, variant_horizon=4)
 
 
 def test_mh_converges_and_starts_at_low_temperature_sampling(report: dict) -> None:
@@ -41,6 +42,20 @@ def test_particles_and_pools_close_in_on_the_target(report: dict) -> None:
     # size than SMC: the finding the benchmark's page reports (and does not carry to long answers).
     assert pool[8]["tv"] < smc[8]["tv"] / 2
     assert 0 < report["noise_floor"] < 0.02
+
+
+def test_resampling_variants_close_in_and_chopthin_helps_where_resampling_is_frequent(
+    report: dict,
+) -> None:
+    section = report["resampling"]
+    tv = {(r["variant"], r["block_size"], r["particles"]): r["tv"] for r in section["rows"]}
+    assert {n for _, _, n in tv} == set(VARIANT_PARTICLES)
+    for (variant, block_size, n), value in tv.items():
+        assert value < section["plain_low_temperature_tv"] / 3, (variant, block_size, n)
+    # Two particles never resample (ESS >= 1 = N / 2): every variant is the same importance sampler.
+    assert len({value for (_, _, n), value in tv.items() if n == 2}) == 1
+    # Resampling after every token: chopthin, which keeps the weights' spread, is the closer at N = 4.
+    assert tv[("chopthin", 1, 4)] < tv[("systematic", 1, 4)] / 1.5
 
 
 def test_the_report_is_json_and_a_picture(report: dict, tmp_path: Path) -> None:

@@ -14,6 +14,7 @@ from service.engines.base import DISTILLED_ADAPTER, EngineInfo
 from service.errors import ContextLengthError, InvalidRequestError, TokenBudgetError
 from service.generation import GenerationRequest
 from service.pipeline import POWER_FIELDS, ModelRoute, RouteKind, resolve
+from service.pipeline.latency import LatencyEstimates
 from service.power import PowerChoice
 
 INFO = EngineInfo(model_id="m", max_model_len=4096, vocab_size=8, eos_token_ids=frozenset({3}))
@@ -34,6 +35,8 @@ POWER_VALUES: dict[str, Any] = {
     "block_size": 4,
     "power_stream_lag": 1,
     "power_budget": 2.0,
+    "power_latency_target": 5.0,
+    "power_resampling": "chopthin",
 }
 
 
@@ -189,6 +192,42 @@ def test_every_power_field_has_a_test_value() -> None:
 def test_mh_fields_are_refused_with_smc(field: str) -> None:
     request = replace(REQUEST, power_method="smc", **{field: POWER_VALUES[field]})
     assert refused(POWER, request) == field
+
+
+def test_power_latency_target_fits_the_particles_to_recent_answers() -> None:
+    estimates = LatencyEstimates()
+    estimates.observe("plain", 1, seconds=1.0, tokens=100)  # 10 ms a token
+    request = replace(REQUEST, max_tokens=100, power_latency_target=2.5)
+    resolved = resolve(POWER, request, SETTINGS, INFO, latency=estimates)
+    # Unseen sizes are priced at N plain tokens: 4 particles 4 s, 2 particles 2 s.
+    assert resolved.power is not None and resolved.power.particles == 2
+    assert resolved.power_choice == PowerChoice(
+        "latency_target", latency_target=2.5, predicted_latency_s=pytest.approx(2.0)
+    )
+    # Once 4 particles have been seen to take 20 ms a token, they fit.
+    estimates.observe("smc", 4, seconds=1.0, tokens=50)
+    resolved = resolve(POWER, request, SETTINGS, INFO, latency=estimates)
+    assert resolved.power is not None and resolved.power.particles == 4
+    assert resolved.power_choice is not None and resolved.power_choice.chosen_by == "default"
+    assert resolved.power_choice.predicted_latency_s == pytest.approx(2.0)
+
+
+def test_power_latency_target_refuses_a_size_the_request_sets() -> None:
+    for size in ({"power_particles": 4}, {"power_method": "mh", "mcmc_steps": 2}):
+        assert refused(POWER, replace(REQUEST, power_latency_target=5.0, **size)) == (
+            "power_latency_target"
+        )
+
+
+def test_power_resampling_is_smc_only_and_defaults_to_the_settings() -> None:
+    assert refused(POWER, replace(REQUEST, power_method="mh", power_resampling="chopthin")) == (
+        "power_resampling"
+    )
+    asked = resolve(POWER, replace(REQUEST, power_resampling="chopthin"), SETTINGS, INFO)
+    assert asked.power is not None and asked.power.resampling == "chopthin"
+    default = resolve(POWER, REQUEST, Settings(power_resampling="chopthin"), INFO)
+    assert default.power is not None and default.power.resampling == "chopthin"
+    assert resolve(POWER, REQUEST, SETTINGS, INFO).power.resampling == "systematic"  # type: ignore[union-attr]
 
 
 def test_particles_are_refused_with_mh() -> None:

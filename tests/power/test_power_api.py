@@ -169,6 +169,15 @@ def test_stream_with_usage_carries_the_power_report(tiny_client: openai.OpenAI) 
         ({"power_budget": "inf"}, "power_budget"),
         ({"power_method": "smc", "power_particles": 8, "power_budget": 4}, "power_budget"),
         ({"power_method": "mh", "mcmc_steps": 10, "power_budget": 2}, "power_budget"),
+        ({"power_latency_target": 0}, "power_latency_target"),
+        ({"power_latency_target": 3601}, "power_latency_target"),
+        ({"power_latency_target": "soon"}, "power_latency_target"),
+        (
+            {"power_method": "smc", "power_particles": 4, "power_latency_target": 5},
+            "power_latency_target",
+        ),
+        ({"power_resampling": "multinomial"}, "power_resampling"),
+        ({"power_method": "mh", "power_resampling": "chopthin"}, "power_resampling"),
     ],
 )
 def test_invalid_power_parameters_are_400(tiny_service, body: dict, param: str) -> None:
@@ -225,3 +234,26 @@ def test_particles_follow_the_engines_load_and_the_budget(tiny_service) -> None:
     assert mh["cost_multiplier"] <= 3
     after = tiny_service.metric("powerserve_power_smc_particles_count", chosen_by="budget")
     assert after == budget_before + 1
+
+
+def test_a_latency_target_sizes_the_answer_from_what_answers_took(tiny_service) -> None:
+    """After answers have run, a target of a sliver of what one particle took gets one particle
+    (plain sampling at 1/alpha), a generous one the route's own choice; both report what the route
+    expected, and the metrics count the fitted one."""
+    client = openai.OpenAI(base_url=tiny_service.base_url, api_key="unused", max_retries=0)
+    fitted_before = tiny_service.metric(
+        "powerserve_power_smc_particles_count", chosen_by="latency_target"
+    )
+    for _ in range(2):  # plain and SMC answers for the estimates to learn from
+        client.completions.create(model=TINY_MODEL_NAME, prompt="a", max_tokens=4)
+        power_completion(client, power_method="smc", power_particles=4)
+    tight = power_completion(client, power_method="smc", power_latency_target=1e-6)
+    report = tight.model_extra["power"]
+    assert (report["particles"], report["chosen_by"]) == (1, "latency_target")
+    assert report["latency_target"] == 1e-6 and report["predicted_latency_s"] > 1e-6
+    loose = power_completion(client, power_method="smc", power_latency_target=3600)
+    report = loose.model_extra["power"]
+    assert report["particles"] >= 4 and report["chosen_by"] in ("load", "default")
+    assert 0 < report["predicted_latency_s"] <= 3600
+    after = tiny_service.metric("powerserve_power_smc_particles_count", chosen_by="latency_target")
+    assert after == fitted_before + 1
