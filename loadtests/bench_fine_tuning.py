@@ -20,6 +20,7 @@ import json
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -49,6 +50,14 @@ def stage_times(events: list[dict]) -> dict[str, int]:
     return {a: starts[b] - starts[a] for a, b in itertools.pairwise(order) if a in starts}
 
 
+def _extra_hyperparameters(pairs: list[str]) -> dict[str, Any]:
+    extra = {}
+    for pair in pairs:
+        name, _, value = pair.partition("=")
+        extra[name] = json.loads(value)
+    return extra
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -57,6 +66,13 @@ def main() -> None:
     parser.add_argument("--power-method", choices=["smc", "mh"], default="smc")
     parser.add_argument("--mcmc-steps", type=int, default=4)
     parser.add_argument("--answer-tokens", type=int, default=64)
+    parser.add_argument(
+        "--hyper",
+        action="append",
+        default=[],
+        metavar="NAME=JSON",
+        help="Another hyperparameter of the job, e.g. answers_per_prompt=4 or lora_mlp=true.",
+    )
     parser.add_argument("--out", type=Path, default=RESULTS / "bench_fine_tuning.json")
     args = parser.parse_args()
     RESULTS.mkdir(exist_ok=True)
@@ -80,7 +96,8 @@ def main() -> None:
                         "power_method": args.power_method,
                         "mcmc_steps": args.mcmc_steps,
                         "answer_tokens": args.answer_tokens,
-                    },
+                    }
+                    | _extra_hyperparameters(args.hyper),
                 }
                 job = request_json(client, "POST", "/v1/fine_tuning/jobs", json=body)
                 jobs = f"/v1/fine_tuning/jobs/{job['id']}"

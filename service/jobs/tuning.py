@@ -32,7 +32,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from service.distill.data import PromptItem
 from service.distill.evaluate import evaluate, markdown_table, summarise
 from service.distill.teacher import Generator, PowerParams, generate_teacher
-from service.engines.base import scheduling_priority
+from service.distill.train import MLP_MODULES
+from service.engines.base import LORA_TARGET_MODULES, scheduling_priority
 from service.errors import InvalidRequestError
 from service.jobs.files import parse_jsonl
 from service.jobs.records import ACTIVE_TUNING_STATUSES, FineTuningJob, derived_file_id, now
@@ -71,6 +72,12 @@ class Hyperparameters(BaseModel):
         "auto", description=f"Multiplies the base learning rate {BASE_LEARNING_RATE} (auto: 1)."
     )
     lora_rank: int = Field(8, ge=1, description="Rank of the LoRA adapter.")
+    lora_mlp: bool = Field(False, description="Adapt the MLP projections too, not only attention's.")
+    # 4: on 64 prompts, 79% of the power route's self-reward gain kept against 22% with 1
+    # (make bench-jobs, docs/benchmarks/self-distillation.md).
+    answers_per_prompt: int = Field(
+        4, ge=1, le=16, description="Teacher answers to each training prompt, each seeded apart."
+    )
     power_alpha: float = Field(4.0, ge=1, le=64, description="The teacher samples p(y|x)**alpha.")
     power_method: Literal["mh", "smc"] = Field("smc", description="The teacher's power sampler.")
     mcmc_steps: int = Field(4, ge=0, le=64, description="MH steps per block (power_method mh).")
@@ -109,6 +116,7 @@ class Hyperparameters(BaseModel):
         return {
             "rank": self.lora_rank,
             "lora_alpha": 2 * self.lora_rank,
+            "target_modules": list(LORA_TARGET_MODULES + (MLP_MODULES if self.lora_mlp else ())),
             "epochs": self.n_epochs,
             "batch_size": self.batch_size,
             "learning_rate": BASE_LEARNING_RATE * float(self.learning_rate_multiplier),
@@ -283,7 +291,7 @@ class FineTuningWorker(BackgroundWorker):
         def answered_one(answer: dict[str, Any]) -> None:
             answered[0] += 1
             events.emit(
-                f"Teacher answers: {answered[0]}/{len(train)}.",
+                f"Teacher answers: {answered[0]}/{len(train) * hyper.answers_per_prompt}.",
                 type="metrics",
                 data={"stage": "teacher", "answers": answered[0], "prompts": len(train)},
             )
@@ -298,6 +306,7 @@ class FineTuningWorker(BackgroundWorker):
                 power=hyper.power,
                 concurrency=self.concurrency,
                 seed=job.seed,
+                answers_per_prompt=hyper.answers_per_prompt,
                 on_answer=answered_one,
             )
 

@@ -75,14 +75,15 @@ def test_a_job_on_8_prompts_distils_the_power_route_into_a_served_model(
     assert job.trained_tokens and job.trained_tokens > 0
     assert job.id in [j.id for j in client.fine_tuning.jobs.list().data]
 
-    # Events per stage: 6 teacher answers (2 of 8 prompts held out), each training step's loss,
-    # the evaluation's figures.
+    # Events per stage: 4 teacher answers (the default answers_per_prompt) to each of 6 prompts (2
+    # of 8 held out), each training step's loss, the evaluation's figures.
     events = client.fine_tuning.jobs.list_events(job.id, limit=1000).data
     stages = [e.data for e in reversed(events) if e.type == "metrics" and e.data]
     teacher = [d for d in stages if d["stage"] == "teacher"]
-    assert [d["answers"] for d in teacher] == list(range(1, 7))
+    assert [d["answers"] for d in teacher] == list(range(1, 25))
+    assert any(e.message == "Teacher answers: 24/24." for e in events)
     training = [d for d in stages if d["stage"] == "training"]
-    steps = 2 * math.ceil(6 / 4)  # 2 epochs of 6 answers, 4 per step
+    steps = 2 * math.ceil(24 / 4)  # 2 epochs of 24 answers, 4 per step
     assert [d["step"] for d in training] == list(range(1, steps + 1))
     assert all(d["train_loss"] > 0 for d in training)
     (evaluation,) = [d for d in stages if d["stage"] == "eval"]

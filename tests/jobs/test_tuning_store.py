@@ -186,7 +186,18 @@ def test_hyperparameters_resolve_auto_and_refuse_what_they_do_not_know() -> None
     assert resolved.train_config()["learning_rate"] == pytest.approx(6e-4)
     assert resolved.power.method == "smc" and resolved.power.particles == 4  # the teacher default
     assert resolved.power.mcmc_steps == 4  # for power_method mh
-    for bad in ({"n_epochs": 0}, {"eval_share": 1.0}, {"power_method": "beam"}, {"lr": 1}):
+    assert resolved.answers_per_prompt == 4 and not resolved.lora_mlp
+    modules = Hyperparameters(lora_mlp=True).resolved().train_config()["target_modules"]
+    assert {"q_proj", "v_proj", "gate_proj", "up_proj", "down_proj"} <= set(modules)
+    assert "gate_proj" not in resolved.train_config()["target_modules"]
+    for bad in (
+        {"n_epochs": 0},
+        {"eval_share": 1.0},
+        {"power_method": "beam"},
+        {"lr": 1},
+        {"answers_per_prompt": 0},
+        {"answers_per_prompt": 17},
+    ):
         with pytest.raises(ValidationError):
             Hyperparameters.model_validate(bad)
     assert fine_tuned_model_id("tiny", None, "ftjob-abc") == "ft:tiny:powerserve:abc"
