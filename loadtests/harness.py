@@ -24,6 +24,7 @@ __all__ = [
     "PrometheusProcess",
     "RedisProcess",
     "ServiceProcess",
+    "children_rss_mib",
     "free_port",
     "rss_mib",
     "stop_process_group",
@@ -39,6 +40,17 @@ def rss_mib(pid: int) -> float:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
     return float("nan")
+
+
+def children_rss_mib(pid: int) -> float:
+    """Resident memory of a process's children (the gateway's engine core), in MiB."""
+    total = 0.0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            # "pid (comm) state ppid ...": the command may hold spaces, so split after its ")".
+            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                total += rss_mib(int(stat.parent.name))
+    return total
 
 
 def free_port() -> int:
@@ -123,6 +135,10 @@ class ServiceProcess:
     def rss_mib(self) -> float:
         """The gateway process's resident memory (not its engine core's), in MiB."""
         return rss_mib(self.process.pid)
+
+    def children_rss_mib(self) -> float:
+        """The resident memory of the gateway's child processes (its engine core), in MiB."""
+        return children_rss_mib(self.process.pid)
 
     def log_tail(self, lines: int = 60) -> str:
         self._log.flush()

@@ -42,6 +42,7 @@ __all__ = [
     "percentile",
     "percentiles",
     "plot_routes",
+    "plot_timeline",
     "replot",
     "route_labels",
     "table",
@@ -98,12 +99,15 @@ class RouteSummary:
 
 
 def write_report(out: Path, report: dict[str, Any], routes: dict[str, RouteSummary]) -> Path:
-    """``<out>.json`` and ``<out>.png``; returns the JSON's path."""
+    """``<out>.json`` and ``<out>.png`` (and ``<out>.time.png`` when the report has a timeline);
+    returns the JSON's path."""
     out.parent.mkdir(parents=True, exist_ok=True)
     path = output_path(out, ".json")
     report = report | {"routes": {name: asdict(summary) for name, summary in routes.items()}}
     path.write_text(json.dumps(report, indent=2))
     plot_routes(routes, output_path(out, ".png"), title=report.get("title", ""))
+    if "timeline" in report:
+        plot_timeline(report["timeline"], output_path(out, ".time.png"), title=report["title"])
     return path
 
 
@@ -182,12 +186,49 @@ def plot_routes(routes: dict[str, RouteSummary], path: Path, *, title: str = "")
         fig.suptitle(f"{title}\nmodel: {model}" if model else title)
 
 
+def plot_timeline(timeline: dict[str, Any], path: Path, *, title: str = "") -> None:
+    """Two panels over the run's time: each kind's latency p50 and p95 per window, and the
+    gateway's and its engine core's resident memory."""
+    with saved_figure(path, dpi=100, nrows=2, ncols=1, figsize=(11, 8), sharex=True) as (fig, axes):
+        latency, memory = axes
+        for index, (kind, windows) in enumerate(timeline["latency"].items()):
+            color = f"C{index}"
+            t = [w["t_s"] / 60 for w in windows]
+            latency.plot(t, [w["p50"] for w in windows], color=color, marker=".", label=f"{kind} p50")
+            latency.plot(
+                t, [w["p95"] for w in windows], color=color, linestyle="--", label=f"{kind} p95"
+            )
+        latency.set_yscale("log")
+        latency.set_ylabel("latency (s), per window")
+        latency.set_title(f"latency over time ({timeline['window_s']:g} s windows)")
+        latency.grid(alpha=0.3, which="both")
+        latency.legend(fontsize="x-small", ncols=5, loc="upper center")
+        top = max((w["p95"] for windows in timeline["latency"].values() for w in windows), default=1)
+        latency.set_ylim(top=top * 8)  # room for the legend above the curves
+        points = timeline["memory"]
+        t = [p["t_s"] / 60 for p in points]
+        memory.plot(t, [p["gateway_mib"] for p in points], label="gateway")
+        memory.plot(t, [p["engine_mib"] for p in points], label="engine core (gateway's children)")
+        memory.set_ylabel("resident memory (MiB)")
+        memory.set_xlabel("minutes into the run")
+        memory.set_title("memory over time")
+        highest = max((max(p["gateway_mib"], p["engine_mib"]) for p in points), default=1.0)
+        memory.set_ylim(0, highest * 1.15)
+        memory.grid(alpha=0.3)
+        memory.legend(fontsize="small", loc="lower right")
+        fig.suptitle(title)
+
+
 def replot(report_path: Path) -> Path:
-    """Draw a report's PNG again from its JSON (after a change to the figure); returns its path."""
+    """Draw a report's PNGs again from its JSON (after a change to the figure); returns the first's
+    path."""
     report = json.loads(report_path.read_text())
     routes = {name: RouteSummary(**summary) for name, summary in report["routes"].items()}
     png = report_path.with_suffix(".png")
     plot_routes(routes, png, title=report.get("title", ""))
+    if "timeline" in report:
+        timeline_png = output_path(png.with_suffix(""), ".time.png")
+        plot_timeline(report["timeline"], timeline_png, title=report.get("title", ""))
     return png
 
 

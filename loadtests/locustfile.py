@@ -51,7 +51,15 @@ def add_arguments(parser: Any) -> None:
         "--model-id", env_var="LOAD_MODEL_ID", default="", help="base model id (unset: discovered)"
     )
     group.add_argument("--max-tokens", env_var="LOAD_MAX_TOKENS", type=int, default=16)
-    group.add_argument("--mcmc-steps", env_var="LOAD_MCMC_STEPS", type=int, default=2)
+    group.add_argument(
+        "--power-method", env_var="LOAD_POWER_METHOD", choices=["smc", "mh"], default="smc"
+    )
+    group.add_argument(
+        "--particles", env_var="LOAD_PARTICLES", type=int, default=4, help="power method smc"
+    )
+    group.add_argument(
+        "--mcmc-steps", env_var="LOAD_MCMC_STEPS", type=int, default=2, help="power method mh"
+    )
     group.add_argument("--block-size", env_var="LOAD_BLOCK_SIZE", type=int, default=4)
     group.add_argument("--power-alpha", env_var="LOAD_POWER_ALPHA", type=float, default=4.0)
     for kind, weight in zip(KINDS, (4, 1, 1, 3, 2), strict=True):
@@ -116,10 +124,14 @@ def request_body(
     }
     if route.endswith(ROUTE_SUFFIXES["power"]):  # the gateway refuses these on other routes
         body |= {
-            "mcmc_steps": options.mcmc_steps,
+            "power_method": options.power_method,
             "block_size": options.block_size,
             "power_alpha": options.power_alpha,
         }
+        if options.power_method == "smc":
+            body["power_particles"] = options.particles
+        else:
+            body["mcmc_steps"] = options.mcmc_steps
     if seed is not None:
         body["seed"] = seed
     if stream:

@@ -1,6 +1,8 @@
 """Load test of the gateway with locust: a bounded run of the traffic mix of loadtests/locustfile.py,
 summarised per kind of request (plain, power, distilled, cached, stream) into <out>.json and <out>.png
-(the format of loadtests/load_report.py), and printed as a table.
+(the format of loadtests/load_report.py), and printed as a table. When it started the service, it
+also draws <out>.time.png: each kind's latency per window of the run, and the gateway's and its
+engine core's resident memory sampled every few seconds (what a soak is for: growth over time).
 
 Against a running gateway (`make serve`, `make stack`), or against a service it starts for the run
 (the tiny test model, a model directory, or the embedded default) and stops afterwards:
@@ -11,7 +13,7 @@ Against a running gateway (`make serve`, `make stack`), or against a service it 
     python -m loadtests.run_load --tiny --users 2 --seconds 10           # smoke test, tiny model
     python -m loadtests.run_load --model DIR [--distilled-adapter DIR]   # neither: the default model
 
-Options it does not know go to the locustfile: --weight-power 3, --max-tokens 32, --mcmc-steps 4,
+Options it does not know go to the locustfile: --weight-power 3, --max-tokens 32, --power-method mh,
 --cached-route plain, --model-id ID, ... (see loadtests/locustfile.py). Locust runs from .venv-load,
 a virtual environment of its own (loadtests/requirements-load.txt): it brings gevent, which vLLM's
 must not see. Beside <out>.json and <out>.png it leaves <out>.samples.jsonl (every request), locust's
@@ -24,7 +26,11 @@ import argparse
 import json
 import os
 import subprocess
+import threading
+import time
 from collections import defaultdict
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -48,6 +54,7 @@ __all__ = [
     "load_tool",
     "served_model",
     "summarise",
+    "timeline",
 ]
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -179,6 +186,60 @@ def summarise(samples: list[dict[str, Any]]) -> tuple[float, dict[str, RouteSumm
     return window, routes
 
 
+@contextmanager
+def sampled_memory(service: ServiceProcess, every_s: float) -> Iterator[list[dict[str, float]]]:
+    """The gateway's and its children's resident memory, sampled every ``every_s`` seconds (wall
+    clock, ``time`` in seconds since the epoch) while the block runs."""
+    points: list[dict[str, float]] = []
+    done = threading.Event()
+
+    def sample() -> None:
+        while True:
+            points.append(
+                {
+                    "time": time.time(),
+                    "gateway_mib": service.rss_mib(),
+                    "engine_mib": service.children_rss_mib(),
+                }
+            )
+            if done.wait(every_s):
+                return
+
+    thread = threading.Thread(target=sample, name="memory-sampler", daemon=True)
+    thread.start()
+    try:
+        yield points
+    finally:
+        done.set()
+        thread.join(timeout=10)
+
+
+def timeline(
+    samples: list[dict[str, Any]], memory: list[dict[str, float]], window_s: float
+) -> dict[str, Any]:
+    """Latency p50/p95 per kind in windows of the run (by when each request ended), and the memory
+    samples, on one clock: seconds since the first request."""
+    began = min(s["start"] for s in samples)
+    windows: dict[str, dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for s in samples:
+        if s["ok"]:
+            ended = s["start"] + s["latency_s"] - began
+            windows[s["kind"]][int(ended // window_s)].append(s["latency_s"])
+    latency = {
+        kind: [
+            {"t_s": (index + 0.5) * window_s, "requests": len(values)}
+            | (percentiles(values, 50, 95) or {})
+            for index, values in sorted(by_window.items())
+        ]
+        for kind, by_window in sorted(windows.items())
+    }
+    points = [
+        {"t_s": p["time"] - began, "gateway_mib": p["gateway_mib"], "engine_mib": p["engine_mib"]}
+        for p in memory
+    ]
+    return {"window_s": window_s, "latency": latency, "memory": points}
+
+
 def main() -> None:
     args, locust_args = parse_args()
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -192,11 +253,15 @@ def main() -> None:
             flags += ["--distilled-adapter", str(args.distilled_adapter)]
         service = ServiceProcess(flags, output_path(args.out, ".service.log"), env=OFFLINE_ENV)
     memory: dict[str, float] = {}
+    memory_points: list[dict[str, float]] = []
     try:
         url = service.wait_ready().url if service else args.url.rstrip("/")
         if service:
             memory["gateway_rss_mib_before"] = service.rss_mib()
-        run_locust(args, url, samples_path, locust_args)
+            with sampled_memory(service, every_s=max(1.0, args.seconds / 200)) as memory_points:
+                run_locust(args, url, samples_path, locust_args)
+        else:
+            run_locust(args, url, samples_path, locust_args)
         if service:
             memory["gateway_rss_mib_after"] = service.rss_mib()
             print(
@@ -221,6 +286,8 @@ def main() -> None:
     }
     title = f"locust: {args.users} users, {args.seconds} s against {url}"
     report = {"tool": "locust", "title": title, "settings": settings, "window_s": window}
+    if memory_points:
+        report["timeline"] = timeline(samples, memory_points, window_s=max(5.0, args.seconds / 20))
     path = write_report(args.out, report, routes)
     print(table(routes))
     print(f"\n{path}, {output_path(args.out, '.png')}")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import random
+import time
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,7 @@ import pytest
 
 from loadtests.guidellm_sweep import overhead, strategy_label
 from loadtests.guidellm_sweep import summarise as summarise_guidellm
+from loadtests.harness import ServiceProcess
 from loadtests.load_report import (
     RESULTS,
     RouteSummary,
@@ -20,8 +22,10 @@ from loadtests.load_report import (
     output_path,
     percentile,
     percentiles,
+    replot,
     write_report,
 )
+from loadtests.run_load import sampled_memory, timeline
 from loadtests.run_load import summarise as summarise_locust
 
 
@@ -128,6 +132,37 @@ def test_report_written_as_json_and_png(tmp_path: Path) -> None:
     assert json.loads(path.read_text())["routes"]["plain (m)"]["latency_s"]["p50"] == 0.2
     assert output_path(out, ".png").read_bytes().startswith(b"\x89PNG")
     assert percentiles([], 50) is None
+
+
+def test_a_soaks_timeline_windows_latency_and_carries_memory(tmp_path: Path) -> None:
+    """Latency percentiles per kind and window (by when a request ended), memory on the same clock;
+    written beside the routes' figure as <out>.time.png, and drawn again by replot."""
+    samples = [sample("plain", 1000.0 + i, 0.5) for i in range(20)]  # ends at 0.5, 1.5, ... 19.5
+    samples += [sample("power", 1000.0, 12.0), sample("power", 1000.0, 1.0, ok=False)]
+    memory = [{"time": 1000.0 + t, "gateway_mib": 300.0 + t, "engine_mib": 900.0} for t in (0, 10)]
+    result = timeline(samples, memory, window_s=10.0)
+    plain = result["latency"]["plain"]
+    assert [(w["t_s"], w["requests"]) for w in plain] == [(5.0, 10), (15.0, 10)]
+    assert plain[0]["p50"] == plain[0]["p95"] == 0.5
+    assert result["latency"]["power"] == [{"t_s": 15.0, "requests": 1, "p50": 12.0, "p95": 12.0}]
+    assert [p["t_s"] for p in result["memory"]] == [0.0, 10.0]
+    summary = summarise_locust(samples)[1]
+    out = tmp_path / "soak"
+    path = write_report(out, {"tool": "locust", "title": "t", "timeline": result}, summary)
+    time_png = output_path(out, ".time.png")
+    assert time_png.read_bytes().startswith(b"\x89PNG")
+    time_png.unlink()
+    replot(path)
+    assert time_png.exists()
+
+
+def test_memory_is_sampled_from_the_gateway_and_its_engine_core(tiny_service: ServiceProcess) -> None:
+    with sampled_memory(tiny_service, every_s=0.05) as points:
+        while len(points) < 3:
+            time.sleep(0.05)
+    assert len(points) >= 3
+    assert all(p["gateway_mib"] > 50 and p["engine_mib"] > 50 for p in points)
+    assert [p["time"] for p in points] == sorted(p["time"] for p in points)
 
 
 def old_nearest_rank(values: list[float], q: float) -> float:
