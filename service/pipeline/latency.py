@@ -21,10 +21,12 @@ from dataclasses import replace
 
 from service.power import PowerChoice, PowerConfig
 
-__all__ = ["LatencyEstimates", "fit_latency"]
+__all__ = ["MAX_SIZES", "LatencyEstimates", "fit_latency"]
 
 # Weight of the newest answer in each moving average.
 _SMOOTHING = 0.2
+# Sizes remembered at most (a client may ask for any number of MH steps): the oldest seen goes.
+MAX_SIZES = 64
 
 
 class LatencyEstimates:
@@ -38,8 +40,10 @@ class LatencyEstimates:
         if tokens <= 0 or seconds <= 0:
             return
         rate = seconds / tokens
-        old = self.rates.get((sampler, size))
+        old = self.rates.pop((sampler, size), None)
         self.rates[(sampler, size)] = rate if old is None else old + _SMOOTHING * (rate - old)
+        if len(self.rates) > MAX_SIZES:  # the one observed longest ago
+            del self.rates[next(iter(self.rates))]
 
     def predict(self, config: PowerConfig) -> float | None:
         """Seconds for an answer of ``config.max_tokens`` tokens; None before any answer ran."""

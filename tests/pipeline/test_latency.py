@@ -7,7 +7,7 @@ from dataclasses import replace
 
 import pytest
 
-from service.pipeline.latency import LatencyEstimates, fit_latency
+from service.pipeline.latency import MAX_SIZES, LatencyEstimates, fit_latency
 from service.power import PowerChoice, PowerConfig
 
 SMC = PowerConfig(max_tokens=64, method="smc", particles=8)
@@ -67,3 +67,13 @@ def test_mh_steps_fit_the_target_down_to_plain_sampling() -> None:
     assert estimates.predict(config) <= 3.0 < estimates.predict(one_more)  # type: ignore[operator]
     config, _ = fit_latency(MH, PowerChoice("default"), 0.01, estimates)
     assert config.mcmc_steps == 0
+
+
+def test_the_sizes_remembered_are_bounded_and_the_stalest_goes_first() -> None:
+    estimates = learnt(plain=0.01)
+    for steps in range(3 * MAX_SIZES):  # a client trying every number of MH steps
+        estimates.observe("mh", steps, seconds=1.0, tokens=10)
+        estimates.observe("plain", 1, seconds=1.0, tokens=100)  # plain keeps being seen
+    assert len(estimates.rates) == MAX_SIZES
+    assert ("plain", 1) in estimates.rates and ("mh", 3 * MAX_SIZES - 1) in estimates.rates
+    assert ("mh", 0) not in estimates.rates
