@@ -86,6 +86,13 @@ def _noise_floor(target: dict[tuple[int, ...], float], runs: int) -> float:
     return 0.5 * sum(math.sqrt(p * (1 - p) / runs) for p in target.values())
 
 
+def _smc_law(exact: ExactModel, horizon: int, **options: Any) -> dict[tuple[int, ...], float]:
+    """The reference Power-SMC's law on the model at alpha ALPHA (``options``: smc_law's)."""
+    return smc_law(
+        exact.next_logprobs, absorbing=frozenset({EOS_ID}), alpha=ALPHA, max_tokens=horizon, **options
+    )
+
+
 def resampling_variants(
     exact: ExactModel, *, runs: int, horizon: int = VARIANT_HORIZON
 ) -> dict[str, Any]:
@@ -95,16 +102,8 @@ def resampling_variants(
     for block_size in VARIANT_BLOCKS:
         for name, options in VARIANTS.items():
             for n in VARIANT_PARTICLES:
-                law = smc_law(
-                    exact.next_logprobs,
-                    absorbing=frozenset({EOS_ID}),
-                    alpha=ALPHA,
-                    max_tokens=horizon,
-                    block_size=block_size,
-                    particles=n,
-                    runs=runs,
-                    seed=1,
-                    **options,
+                law = _smc_law(
+                    exact, horizon, block_size=block_size, particles=n, runs=runs, seed=1, **options
                 )
                 rows.append(
                     {
@@ -145,15 +144,7 @@ def fidelity(
         )
         rows["mh"].append({"steps": steps, "tv": total_variation(law, target), "tokens": tokens})
     for n in PARTICLES:
-        law = smc_law(
-            exact.next_logprobs,
-            absorbing=frozenset({EOS_ID}),
-            alpha=ALPHA,
-            max_tokens=HORIZON,
-            block_size=1,
-            particles=n,
-            runs=runs,
-        )
+        law = _smc_law(exact, HORIZON, block_size=1, particles=n, runs=runs)
         # About: a resampled particle's copies continue from its length, not from the start.
         cost = n * _mean_length(tempered)
         rows["smc"].append({"particles": n, "tv": total_variation(law, target), "tokens": cost})

@@ -56,6 +56,12 @@ class GenerationRequest:
     # Name of the request field that held the prompt, for error messages ("prompt" or "messages").
     prompt_param: str = "prompt"
 
+    @property
+    def sizes_its_sampler(self) -> bool:
+        """Whether the request sets the power sampler's size itself (particles or MH steps), which
+        the route then never changes."""
+        return self.power_particles is not None or self.mcmc_steps is not None
+
 
 @dataclass(frozen=True)
 class SelfReward:

@@ -21,12 +21,17 @@ from dataclasses import replace
 
 from service.power import PowerChoice, PowerConfig
 
-__all__ = ["MAX_SIZES", "LatencyEstimates", "fit_latency"]
+__all__ = ["MAX_SIZES", "LatencyEstimates", "fit_latency", "sampler_size"]
 
 # Weight of the newest answer in each moving average.
 _SMOOTHING = 0.2
 # Sizes remembered at most (a client may ask for any number of MH steps): the oldest seen goes.
 MAX_SIZES = 64
+
+
+def sampler_size(config: PowerConfig) -> tuple[str, int]:
+    """What an estimate is kept by: the method and its size (particles, or MH steps)."""
+    return config.method, config.particles if config.method == "smc" else config.mcmc_steps
 
 
 class LatencyEstimates:
@@ -47,8 +52,7 @@ class LatencyEstimates:
 
     def predict(self, config: PowerConfig) -> float | None:
         """Seconds for an answer of ``config.max_tokens`` tokens; None before any answer ran."""
-        size = config.particles if config.method == "smc" else config.mcmc_steps
-        seen = self.rates.get((config.method, size))
+        seen = self.rates.get(sampler_size(config))
         if seen is not None:
             return seen * config.max_tokens
         plain = self.rates.get(("plain", 1))

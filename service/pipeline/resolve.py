@@ -210,7 +210,7 @@ def _power_config(
             if getattr(request, name) is not None:
                 raise InvalidRequestError(f"`{name}` applies to power_method `smc`.", param=name)
     # The sampler's size: the request's own (power_particles or mcmc_steps), else the route's.
-    asked = request.power_particles is not None or request.mcmc_steps is not None
+    asked = request.sizes_its_sampler
     if asked and request.power_latency_target is not None:
         raise InvalidRequestError(
             "power_latency_target lets the route choose the sampler's size; this request sets "

@@ -26,7 +26,7 @@ from service.metrics import record
 from service.pipeline.caching import CacheControl, CachePolicy, ResultCache, replay
 from service.pipeline.catalog import ModelRoute, RouteKind, find_route, model_routes
 from service.pipeline.execute import ChoiceGenerator
-from service.pipeline.latency import LatencyEstimates
+from service.pipeline.latency import LatencyEstimates, sampler_size
 from service.pipeline.resolve import ResolvedRequest, resolve
 from service.prompts import PromptRenderer
 
@@ -95,8 +95,7 @@ class CompletionService:
         tokens = max((len(choice.token_ids) for choice in result.choices), default=0)
         power, sampling = resolved.power, resolved.sampling
         if power is not None and power.constraint is None:
-            size = power.particles if power.method == "smc" else power.mcmc_steps
-            self.latency.observe(power.method, size, seconds, tokens)
+            self.latency.observe(*sampler_size(power), seconds, tokens)
         elif resolved.route.kind is RouteKind.PLAIN and sampling and sampling.constraint is None:
             self.latency.observe("plain", 1, seconds, tokens)
 

@@ -227,9 +227,8 @@ class CompletionsServing(abc.ABC, Generic[RequestT]):
         if route.kind is RouteKind.POWER and key is not None:
             if request.power_budget is None and key.power_budget is not None:
                 request = replace(request, power_budget=key.power_budget)
-            asked = request.power_particles is not None or request.mcmc_steps is not None
             # A key's target sizes what the request leaves to the route; it does not refuse.
-            if request.power_latency_target is None and not asked:
+            if request.power_latency_target is None and not request.sizes_its_sampler:
                 request = replace(request, power_latency_target=key.power_latency_target)
         return self.pipeline.resolve(route, request)
 

@@ -33,6 +33,20 @@ def exact(tiny_model_dir: Path) -> ExactModel:
     return ExactModel(tiny_model_dir, TINY_PROMPT)
 
 
+def reference_law(exact: ExactModel, *, horizon: int, particles: int, **options: str) -> dict:
+    """The reference Power-SMC's law over REFERENCE_RUNS runs, a block per token."""
+    return smc_law(
+        exact.next_logprobs,
+        absorbing=frozenset({EOS_ID}),
+        alpha=ALPHA,
+        max_tokens=horizon,
+        block_size=1,
+        particles=particles,
+        runs=REFERENCE_RUNS,
+        **options,
+    )
+
+
 def test_smc_law_matches_the_reference_and_falls_with_particles(
     tiny_service: ServiceProcess, exact: ExactModel
 ) -> None:
@@ -41,15 +55,7 @@ def test_smc_law_matches_the_reference_and_falls_with_particles(
     served: dict[int, float] = {}
     reference: dict[int, float] = {}
     for particles, samples in SAMPLES.items():
-        law = smc_law(
-            exact.next_logprobs,
-            absorbing=frozenset({EOS_ID}),
-            alpha=ALPHA,
-            max_tokens=HORIZON,
-            block_size=1,
-            particles=particles,
-            runs=REFERENCE_RUNS,
-        )
+        law = reference_law(exact, horizon=HORIZON, particles=particles)
         found = empirical(
             draw(
                 tiny_service,
@@ -93,16 +99,7 @@ def test_chopthin_law_matches_the_reference(tiny_service: ServiceProcess, exact:
     inside the bound: this holds the served sampler to the algorithm, and
     tests/power/test_resampling.py holds chopthin to its properties."""
     horizon, particles, samples = 4, 8, 256
-    law = smc_law(
-        exact.next_logprobs,
-        absorbing=frozenset({EOS_ID}),
-        alpha=ALPHA,
-        max_tokens=horizon,
-        block_size=1,
-        particles=particles,
-        runs=REFERENCE_RUNS,
-        resampling="chopthin",
-    )
+    law = reference_law(exact, horizon=horizon, particles=particles, resampling="chopthin")
     found = empirical(
         draw(
             tiny_service,
