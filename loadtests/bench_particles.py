@@ -6,11 +6,18 @@ default model, through the service, in one run:
   (i)  one request at a time: p50 latency, self-reward (mean log p per token under the base model)
        and cost of plain sampling, plain sampling at temperature 1/alpha (what a skeptic compares
        sharpening to), the floors (plain with n = N at temperature 1/alpha: N sequences decoded in
-       one batch at the particles' temperature, the least N particles can cost), SMC at fixed N = 4
-       and 8, SMC with load-adaptive N (4 to 8: POWERSERVE_POWER_PARTICLES_MAX=8), and
+       one batch at the particles' temperature, the least N particles can cost), SMC at fixed N = 4,
+       8 and 16, SMC with load-adaptive N (4 to 8: POWERSERVE_POWER_PARTICLES_MAX=8), and
        for comparison MH (4 steps, blocks of 16) and the distilled model;
-  (ii) all prompts at once: the same, with SMC's generated tokens/s against plain decoding's at the
-       same number of sequences in flight (n = 4 per prompt, at temperature 1/alpha).
+  (ii) 8 prompts at once, one burst: the same, with SMC's generated tokens/s against plain
+       decoding's at the same number of sequences in flight (n = 4 per prompt, at temperature
+       1/alpha);
+  (iii) 8 requests in flight, sustained: 8 clients each asking ``--rounds`` prompts back to back,
+       SMC at N = 4 against that floor: generated tokens/s where the batch stays full, not only
+       while one burst drains;
+  (iv) the held-out problem families of the distillation data (``--heldout-prompts``, 8 at a
+       time): accuracy and self-reward of every way to answer of (i), on problems no part of the
+       project was built from.
 
 Each configuration of a part runs on every prompt in turn, prompt by prompt (so a slow minute of
 this shared machine falls on all of them alike), and every ratio is formed within this run. The
@@ -20,7 +27,7 @@ a picture of latency against self-reward and cost to loadtests/results/bench_par
 Markdown table to stdout.
 
     make bench-particles
-    python -m loadtests.bench_particles [--prompts 8 --max-tokens 64]
+    python -m loadtests.bench_particles [--prompts 12 --heldout-prompts 100 --max-tokens 64]
     python -m loadtests.bench_particles --replot     (the picture again, from the JSON)
 """
 
@@ -37,25 +44,38 @@ from typing import Any
 
 import httpx
 
+from loadtests import bench_pool
 from loadtests.bench_methods import ask, summary_of
 from loadtests.harness import ServiceProcess
 from loadtests.load_report import RESULTS
 from loadtests.prompts import PROMPTS
 from service.config import DEFAULT_MODEL_NAME, Settings
+from service.distill.data import DEFAULT_PROMPTS, read_prompts
 from service.model_store import ensure_default_model
 
-__all__ = ["configs", "plot", "ratios", "table"]  # what its test checks
+# What its test checks.
+__all__ = ["configs", "heldout_routes", "plot", "ratios", "readme_table", "table"]
 
 _TICKS = os.sysconf("SC_CLK_TCK")
 # POWERSERVE_POWER_PARTICLES_MAX of the benchmark's service (the default, 4, fixes N).
 ADAPTIVE_MAX = 8
+# Requests in flight in parts (ii) to (iv).
+CONCURRENCY = 8
+# SMC's N also asked of a service that re-submits its particles every block (part (i)).
+RESUBMITTED_N = (4, 8, 16)
+# The settings of the service those rows are asked of.
+RESUBMITTING = {"POWERSERVE_POWER_HELD_PARTICLES": "false"}
+# A client and the service it asks (whose gateway's CPU is read).
+Asked = tuple[httpx.AsyncClient, ServiceProcess]
 
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--prompts", type=int, default=8)
+    parser.add_argument("--prompts", type=int, default=len(PROMPTS), help="Chat prompts of (i).")
+    parser.add_argument("--rounds", type=int, default=4, help="Requests per client in (iii).")
+    parser.add_argument("--heldout-prompts", type=int, default=100, help="Problems of (iv).")
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--alpha", type=float, default=4.0)
     parser.add_argument("--out", type=Path, default=RESULTS / "bench_particles.json")
@@ -73,10 +93,12 @@ def configs(alpha: float, *, concurrent: bool) -> dict[str, dict[str, Any]]:
         "floor: plain n=4": {"model": "plain", "n": 4, "temperature": 1 / alpha},
     }
     if not concurrent:
-        rows["floor: plain n=8"] = {"model": "plain", "n": 8, "temperature": 1 / alpha}
+        for n in (8, 16):
+            rows[f"floor: plain n={n}"] = {"model": "plain", "n": n, "temperature": 1 / alpha}
     rows["smc N=4"] = power | {"power_particles": 4}
     if not concurrent:
         rows["smc N=8"] = power | {"power_particles": 8}
+        rows["smc N=16"] = power | {"power_particles": 16}
     rows["smc adaptive N"] = power
     if not concurrent:  # the other ways to the same end, for the picture (slow, and not the point)
         rows["mh 4 steps, B=16"] = power | {"power_method": "mh", "mcmc_steps": 4, "block_size": 16}
@@ -100,14 +122,24 @@ def row_of(results: list[dict], seconds: float | None, cpu_s: float) -> dict[str
     return row
 
 
+def resubmitted(alpha: float) -> dict[str, dict[str, Any]]:
+    """Rows of (i) asked of the second service, whose SMC re-submits every particle each block."""
+    held = configs(alpha, concurrent=False)
+    return {f"smc N={n}, re-submitted": held[f"smc N={n}"] for n in RESUBMITTED_N}
+
+
 async def one_at_a_time(
-    client: httpx.AsyncClient, service: ServiceProcess, args: argparse.Namespace
+    held: Asked, resubmitting: Asked, args: argparse.Namespace
 ) -> dict[str, dict[str, Any]]:
-    rows = configs(args.alpha, concurrent=False)
+    rows: dict[str, tuple[dict[str, Any], Asked]] = {}
+    for name, params in configs(args.alpha, concurrent=False).items():
+        rows[name] = (params, held)
+        if name == "smc N=16":  # beside the held rows, in the tables too
+            rows |= {n: (p, resubmitting) for n, p in resubmitted(args.alpha).items()}
     results: dict[str, list[dict]] = {name: [] for name in rows}
     cpu: dict[str, float] = dict.fromkeys(rows, 0.0)
     for prompt in PROMPTS[: args.prompts]:
-        for name, params in rows.items():
+        for name, (params, (client, service)) in rows.items():
             before = gateway_cpu_s(service.process.pid)
             results[name].append(
                 await ask(client, DEFAULT_MODEL_NAME, params, prompt, None, args.max_tokens)
@@ -126,7 +158,7 @@ async def all_at_once(
         results = await asyncio.gather(
             *(
                 ask(client, DEFAULT_MODEL_NAME, params, p, None, args.max_tokens)
-                for p in PROMPTS[: args.prompts]
+                for p in PROMPTS[:CONCURRENCY]
             )
         )
         seconds = time.monotonic() - began
@@ -135,7 +167,52 @@ async def all_at_once(
     return out
 
 
-def ratios(one: dict[str, dict[str, Any]], many: dict[str, dict[str, Any]]) -> dict[str, float]:
+async def sustained(
+    client: httpx.AsyncClient, service: ServiceProcess, args: argparse.Namespace
+) -> dict[str, dict[str, Any]]:
+    """SMC at N = 4 and its floor with CONCURRENCY requests always in flight: each client asks
+    ``args.rounds`` prompts back to back, so the batch drains only once, at the end."""
+    rows = configs(args.alpha, concurrent=True)
+    out = {}
+    for name in ("floor: plain n=4", "smc N=4"):
+
+        async def client_loop(k: int, params: dict[str, Any] = rows[name]) -> list[dict]:
+            prompts = [PROMPTS[(k + r) % len(PROMPTS)] for r in range(args.rounds)]
+            return [
+                await ask(client, DEFAULT_MODEL_NAME, params, p, None, args.max_tokens) for p in prompts
+            ]
+
+        before, began = gateway_cpu_s(service.process.pid), time.monotonic()
+        per_client = await asyncio.gather(*(client_loop(k) for k in range(CONCURRENCY)))
+        seconds = time.monotonic() - began
+        results = [r for answers in per_client for r in answers]
+        out[name] = row_of(results, seconds, gateway_cpu_s(service.process.pid) - before)
+        print(f"(iii) {name}: {out[name]}", flush=True)
+    return out
+
+
+def heldout_routes(alpha: float) -> dict[str, dict[str, Any]]:
+    """Part (i)'s ways to answer as request fields of the held-out part (the floors are latencies,
+    not answers); adaptive N unseeded, so that the load may choose its N."""
+    models = {"plain": "", "power": "-power", "distilled": "-distilled"}
+    routes = {}
+    for name, params in configs(alpha, concurrent=False).items():
+        if name.startswith("floor"):
+            continue
+        routes[name] = params | {"model": DEFAULT_MODEL_NAME + models[params["model"]]}
+    routes["smc adaptive N"]["seed"] = None
+    return routes
+
+
+async def heldout(url: str, args: argparse.Namespace) -> dict[str, dict[str, Any]]:
+    items = read_prompts(DEFAULT_PROMPTS, "heldout", args.heldout_prompts)
+    pool_args = argparse.Namespace(concurrency=CONCURRENCY, max_tokens=args.max_tokens, alpha=args.alpha)
+    return await bench_pool.run(url, items, pool_args, heldout_routes(args.alpha))
+
+
+def ratios(
+    one: dict[str, dict[str, Any]], many: dict[str, dict[str, Any]], kept: dict[str, dict[str, Any]]
+) -> dict[str, float]:
     """The issue's targets, each a ratio of two rows of this run."""
 
     def p50(rows: dict[str, dict[str, Any]], name: str) -> float:
@@ -151,16 +228,27 @@ def ratios(one: dict[str, dict[str, Any]], many: dict[str, dict[str, Any]]) -> d
     return {
         "smc N=4 p50 / floor n=4 (one at a time)": p50(one, "smc N=4") / p50(one, "floor: plain n=4"),
         "smc N=8 p50 / floor n=8 (one at a time)": p50(one, "smc N=8") / p50(one, "floor: plain n=8"),
+        "smc N=16 p50 / floor n=16 (one at a time)": p50(one, "smc N=16")
+        / p50(one, "floor: plain n=16"),
+        **{
+            f"smc N={n} p50: held / re-submitted (one at a time)": p50(one, f"smc N={n}")
+            / p50(one, f"smc N={n}, re-submitted")
+            for n in RESUBMITTED_N
+        },
         "adaptive p50 / N=4 p50 (one at a time)": p50(one, "smc adaptive N") / p50(one, "smc N=4"),
         "adaptive self-reward - N=4 self-reward (one at a time)": one["smc adaptive N"]["self_reward"]
         - one["smc N=4"]["self_reward"],
         "adaptive p50 / N=4 p50 (8 at once)": p50(many, "smc adaptive N") / p50(many, "smc N=4"),
         "adaptive gain per s / N=4 gain per s (8 at once)": gain_per_s(many, "smc adaptive N")
         / gain_per_s(many, "smc N=4"),
-        "smc N=4 generated tok/s / plain n=4 tok/s (8 at once)": many["smc N=4"][
+        "smc N=4 generated tok/s / plain n=4 tok/s (8 at once, one burst)": many["smc N=4"][
             "generated_tokens_per_s"
         ]
         / many["floor: plain n=4"]["generated_tokens_per_s"],
+        "smc N=4 generated tok/s / plain n=4 tok/s (8 in flight, sustained)": kept["smc N=4"][
+            "generated_tokens_per_s"
+        ]
+        / kept["floor: plain n=4"]["generated_tokens_per_s"],
         "gateway CPU per token: smc N=4 / plain (one at a time)": cpu(one, "smc N=4")
         / cpu(one, "plain"),
         "gateway CPU per token: smc N=4 / plain (8 at once)": cpu(many, "smc N=4") / cpu(many, "plain"),
@@ -169,51 +257,107 @@ def ratios(one: dict[str, dict[str, Any]], many: dict[str, dict[str, Any]]) -> d
 
 def table(report: dict[str, Any]) -> str:
     lines = []
-    for part, title in (("one_at_a_time", "one request at a time"), ("all_at_once", "8 at once")):
+    parts = (
+        ("one_at_a_time", "one request at a time"),
+        ("all_at_once", "8 at once, one burst"),
+        ("sustained", "8 in flight, sustained"),
+    )
+    for part, title in parts:
         lines += [
             f"\n{title}\n",
-            "| | p50 | vs plain | self-reward | cost | gateway CPU ms/token | N chosen |",
+            "| | p50 | self-reward | cost | generated tok/s | gateway CPU ms/token | N chosen |",
             "|---|---|---|---|---|---|---|",
         ]
-        rows = report[part]
-        plain = rows["plain"]["latency_p50_s"]
-        for name, row in rows.items():
-            chosen = row.get("particles_chosen", "")
+        for name, row in report[part].items():
+            rate = row.get("generated_tokens_per_s")
             lines.append(
-                f"| {name} | {row['latency_p50_s']:.2f} s | {row['latency_p50_s'] / plain:.2f}x "
-                f"| {row['self_reward']:.3f} | {row['cost_multiplier']:.2f} "
-                f"| {row['gateway_cpu_ms_per_generated_token']:.2f} | {chosen} |"
+                f"| {name} | {row['latency_p50_s']:.2f} s | {row['self_reward']:.3f} "
+                f"| {row['cost_multiplier']:.2f} | {'' if rate is None else f'{rate:.0f}'} "
+                f"| {row['gateway_cpu_ms_per_generated_token']:.2f} "
+                f"| {row.get('particles_chosen', '')} |"
             )
     lines += ["\n| target | ratio |", "|---|---|"]
     lines += [f"| {name} | {value:.3f} |" for name, value in report["ratios"].items()]
+    return "\n".join([*lines, "", readme_table(report)])
+
+
+def readme_table(report: dict[str, Any]) -> str:
+    """One row per way to answer: latency and cost one request at a time (chat prompts), and
+    accuracy and self-reward on the held-out problem families (not asked of the re-submitted
+    particles: the same law as the held ones)."""
+    one, held = report["one_at_a_time"], report["heldout"]
+    plain = one["plain"]["latency_p50_s"]
+    lines = [
+        "| | p50, one at a time | vs plain | tokens generated / returned | self-reward "
+        "| held-out accuracy (95% interval) | held-out self-reward |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name, row in one.items():
+        latency = f"{row['latency_p50_s']:.2f} s | {row['latency_p50_s'] / plain:.2f}x"
+        if name.startswith("floor"):  # a latency, not a way to answer
+            lines.append(f"| {name} | {latency} | | | | |")
+            continue
+        cost = f"{row['cost_multiplier']:.1f} | {row['self_reward']:.3f}"
+        if name not in held:
+            lines.append(f"| {name} | {latency} | {cost} | | |")
+            continue
+        low, high = held[name]["accuracy_ci95"]
+        lines.append(
+            f"| {name} | {latency} | {cost} "
+            f"| {held[name]['accuracy']:.1%} ({low:.0%}–{high:.0%}) "
+            f"| {held[name]['self_reward_per_token']:.3f} |"
+        )
     return "\n".join(lines)
 
 
-async def run(service: ServiceProcess, args: argparse.Namespace) -> dict[str, Any]:
-    async with httpx.AsyncClient(base_url=service.url, timeout=3600) as client:
+async def run(
+    service: ServiceProcess, resubmitting: ServiceProcess, args: argparse.Namespace
+) -> dict[str, Any]:
+    async with (
+        httpx.AsyncClient(base_url=service.url, timeout=3600) as client,
+        httpx.AsyncClient(base_url=resubmitting.url, timeout=3600) as other,
+    ):
         for params in configs(args.alpha, concurrent=False).values():  # warm every path up
             await ask(client, DEFAULT_MODEL_NAME, params, PROMPTS[0], None, 8)
-        one = await one_at_a_time(client, service, args)
+        for params in resubmitted(args.alpha).values():
+            await ask(other, DEFAULT_MODEL_NAME, params, PROMPTS[0], None, 8)
+        one = await one_at_a_time((client, service), (other, resubmitting), args)
         many = await all_at_once(client, service, args)
-    return {"one_at_a_time": one, "all_at_once": many, "ratios": ratios(one, many)}
+        kept = await sustained(client, service, args)
+    held = await heldout(service.url, args)
+    return {
+        "one_at_a_time": one,
+        "all_at_once": many,
+        "sustained": kept,
+        "heldout": held,
+        "ratios": ratios(one, many, kept),
+    }
 
 
 def plot(report: dict[str, Any], path: Path) -> Path:
     """Self-reward against p50 latency, one panel per part; the legend gives each row's cost."""
+    from matplotlib import colormaps
     from matplotlib.ticker import ScalarFormatter
 
     from service.plotting import saved_figure
 
+    colours = colormaps["tab20"]  # more rows than the default cycle's 10 colours
+
     parts = (("one_at_a_time", "one request at a time"), ("all_at_once", "8 requests at once"))
     with saved_figure(path, dpi=120, figsize=(11, 4.8), ncols=2) as (_figure, axes):
         for axis, (part, title) in zip(axes, parts, strict=True):
-            for name, row in report[part].items():
+            for i, (name, row) in enumerate(report[part].items()):
                 if name.startswith("floor"):
                     continue  # latency only: the floor of SMC's, not a way to answer
                 marker = "o" if name.startswith(("smc", "mh")) else "s"
                 label = f"{name} ({row['cost_multiplier']:.1f}x tokens)"
                 axis.scatter(
-                    [row["latency_p50_s"]], [row["self_reward"]], marker=marker, s=40, label=label
+                    [row["latency_p50_s"]],
+                    [row["self_reward"]],
+                    marker=marker,
+                    s=40,
+                    color=colours(i % colours.N),
+                    label=label,
                 )
             axis.set_xscale("log")
             axis.xaxis.set_major_formatter(ScalarFormatter())
@@ -237,10 +381,15 @@ def main() -> None:
     RESULTS.mkdir(exist_ok=True)
     # The embedded default as `make serve` runs it, with load-adaptive N up to 8.
     adaptive = {"POWERSERVE_POWER_PARTICLES_MAX": str(ADAPTIVE_MAX)}
-    service = ServiceProcess([], RESULTS / "bench_particles.service.log", adaptive)
+    service = ServiceProcess([], RESULTS / "bench_particles.service.log", adaptive).wait_ready()
     try:
-        service.wait_ready()
-        report = asyncio.run(run(service, args))
+        # Beside it, idle but for its rows of (i): SMC as it was before held particles.
+        log = RESULTS / "bench_particles.resubmitting.log"
+        resubmitting = ServiceProcess([], log, RESUBMITTING).wait_ready()
+        try:
+            report = asyncio.run(run(service, resubmitting, args))
+        finally:
+            resubmitting.stop()
     finally:
         service.stop()
     report["args"] = {k: str(v) for k, v in vars(args).items()}

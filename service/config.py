@@ -325,7 +325,7 @@ class PowerSettings(_SettingsGroup):
         description="SMC particles per answer on an idle engine: a request that sets none gets what "
         "the batch has room for (power-batch-room less the sequences in flight), between "
         "power-particles and this. At or below power-particles (the default) N is fixed: on the "
-        "2-core CPU of make bench-particles, 8 particles took 1.42x the p50 of 4 one request at a "
+        "2-core CPU of make bench-particles, 8 particles took 1.40x the p50 of 4 one request at a "
         "time. Raise it (8) where the batch has width to spare, as on a GPU.",
     )
     power_batch_room: int = Field(
@@ -339,6 +339,13 @@ class PowerSettings(_SettingsGroup):
         description="How SMC resamples when its weights degenerate: systematic (N equal copies by "
         "weight) or chopthin (thin light particles, chop heavy ones, weights kept within a ratio). "
         "A request's power_resampling overrides.",
+    )
+    power_held_particles: bool = Field(
+        True,
+        description="Each SMC particle is one engine request for the whole answer. False re-submits "
+        "every growing particle as a new request each block (the sampler before held particles: "
+        "the same law, a prefill and a round trip per particle per block), kept so that make "
+        "bench-particles measures the two in one run.",
     )
     power_mcmc_steps: int = Field(10, ge=0, description="Default Metropolis-Hastings steps per block.")
     power_max_tokens: int = Field(

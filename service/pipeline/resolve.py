@@ -231,6 +231,7 @@ def _power_config(
             mcmc_steps=settings.power_mcmc_steps if request.mcmc_steps is None else request.mcmc_steps,
             particles=particles,
             resampling=request.power_resampling or settings.power_resampling,
+            held_particles=settings.power_held_particles,
             block_size=request.block_size,
             top_logprobs=settings.power_top_logprobs,
             stream_lag=request.power_stream_lag,

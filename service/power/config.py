@@ -46,6 +46,10 @@ class PowerConfig:
     particles: int = 4
     resample_threshold: float = 0.5
     resampling: Resampling = "systematic"
+    # SMC: one engine request per particle for the whole answer (smc.py). False re-submits every
+    # growing particle as a new request each block, as the sampler did before; the same law, kept
+    # so that make bench-particles can measure the two in one run.
+    held_particles: bool = True
     # Stop strings: absorbing, like EOS, so the target is p**alpha over answers that end at one.
     stop: tuple[str, ...] = ()
     # Raw top-k log-probs fetched per proposed token to compute the normalisers zeta_t; exact when

@@ -25,7 +25,8 @@ With N particles, all log-weights w_i = 0, and blocks b = 1..K of B tokens (hori
                 every other copy is a new request whose prompt ends with the ancestor's tokens up
                 to H_b (a prefix-cache hit), and the requests of the particles no copy keeps are
                 aborted. Re-submitting every particle every block, as before, cost a prefill and a
-                scheduling round trip per particle per block (DESIGN.md section 14).
+                scheduling round trip per particle per block (DESIGN.md section 14); it is kept
+                (PowerConfig.held_particles = False) to be measured against.
   3. Stream.    The answer will be one of the particles, and every particle descends from the ones
                 alive now at H_b, so the prefix all of them share up to H_b is final: it is yielded
                 as it grows.
@@ -145,11 +146,14 @@ class PowerSMCSampler:
         progress = asyncio.Event()  # set whenever a stream has news
 
         def start(prefix: Trajectory, block: int, slot: int, why: str) -> _ParticleStream:
+            # Held, a request runs to max_tokens; re-submitted, to the next block's horizon.
+            until = config.max_tokens if config.held_particles else config.horizon(block + 1)
             return _ParticleStream(
                 self.engine,
                 prompt_ids,
                 prefix,
                 config,
+                until=until,
                 seed=(run_id, block, slot, why),
                 affinity=affinity,
                 stop_at=stop_at,
@@ -200,6 +204,15 @@ class PowerSMCSampler:
                     particles = survivors
                     weighed = [min(len(p.trajectory), horizon) for p in particles]
                     log_weights = resampled
+                if not config.held_particles:  # a new request for each whose request ends here
+                    moved = [
+                        start(p.at(horizon), block, slot, "block")
+                        if p.until <= horizon and not p.ended_by(horizon)
+                        else p
+                        for slot, p in enumerate(particles)
+                    ]
+                    await _stop_all(p for p, q in zip(particles, moved, strict=True) if p is not q)
+                    particles = moved
 
                 # 3. Stream the prefix every particle shares up to the horizon: no later step can
                 #    change it (a later copy restarts at a later horizon).
@@ -241,6 +254,7 @@ class _ParticleStream:
         prefix: Trajectory,
         config: PowerConfig,
         *,
+        until: int,
         seed: tuple[int | str, ...],
         affinity: str,
         stop_at: StopAt | None,
@@ -253,9 +267,10 @@ class _ParticleStream:
         self.stop_at = stop_at
         self.progress = progress
         self.stats = stats
+        self.until = until  # the length at which its request ends
         self.error: BaseException | None = None
         self.task: asyncio.Task[None] | None = None
-        if not prefix.ended and len(prefix) < config.max_tokens:
+        if not prefix.ended and len(prefix) < until:
             self.task = asyncio.create_task(self._feed(prompt_ids, seed, affinity))
 
     @property
@@ -282,7 +297,7 @@ class _ParticleStream:
     async def _feed(self, prompt_ids: Sequence[int], seed: tuple[int | str, ...], affinity: str) -> None:
         config, prefix = self.config, self.trajectory
         info = self.engine.info
-        max_tokens = config.max_tokens - len(prefix)
+        max_tokens = self.until - len(prefix)
         options = proposal_options(config, info.vocab_size, max_tokens=max_tokens, seed=seed)
         k = options.top_logprobs
         stream = self.engine.generate(

@@ -8,7 +8,16 @@ from typing import Any
 
 import pytest
 
-from loadtests.bench_particles import configs, plot, ratios, table
+from loadtests.bench_particles import (
+    configs,
+    heldout_routes,
+    plot,
+    ratios,
+    readme_table,
+    resubmitted,
+    table,
+)
+from service.config import DEFAULT_MODEL_NAME
 from tests.test_plotting import png_size
 
 pytest.importorskip("matplotlib")
@@ -29,9 +38,39 @@ def rows(concurrent: bool) -> dict[str, dict[str, Any]]:
     }
 
 
+def one_at_a_time_rows() -> dict[str, dict[str, Any]]:
+    """Part (i): ``rows(False)``, and the re-submitted particles at twice the latency of the held."""
+    one = rows(False)
+    return one | {
+        name: one[name.removesuffix(", re-submitted")]
+        | {"latency_p50_s": 2 * one[name.removesuffix(", re-submitted")]["latency_p50_s"]}
+        for name in resubmitted(4.0)
+    }
+
+
+def sustained_rows() -> dict[str, dict[str, Any]]:
+    """The floor at 100 generated tokens/s, SMC at 93."""
+    return {
+        "floor: plain n=4": rows(True)["floor: plain n=4"] | {"generated_tokens_per_s": 100.0},
+        "smc N=4": rows(True)["smc N=4"] | {"generated_tokens_per_s": 93.0},
+    }
+
+
+def heldout_rows() -> dict[str, dict[str, Any]]:
+    """Each way to answer's accuracy: 10% for the first, 2 points more for each after it."""
+    return {
+        name: {
+            "accuracy": 0.1 + 0.02 * i,
+            "accuracy_ci95": [0.05, 0.2],
+            "self_reward_per_token": -0.5 + i / 100,
+        }
+        for i, name in enumerate(heldout_routes(4.0))
+    }
+
+
 def test_each_target_is_the_ratio_of_the_rows_it_names() -> None:
-    one, many = rows(False), rows(True)
-    found = ratios(one, many)
+    one, many = one_at_a_time_rows(), rows(True)
+    found = ratios(one, many, sustained_rows())
     names_one, names_many = list(one), list(many)
 
     def at(names: list[str], name: str) -> int:
@@ -50,11 +89,50 @@ def test_each_target_is_the_ratio_of_the_rows_it_names() -> None:
     assert found["adaptive gain per s / N=4 gain per s (8 at once)"] == pytest.approx(
         gain["smc adaptive N"] / gain["smc N=4"]
     )
-    assert found["smc N=4 generated tok/s / plain n=4 tok/s (8 at once)"] == pytest.approx(
+    assert found["smc N=4 generated tok/s / plain n=4 tok/s (8 at once, one burst)"] == pytest.approx(
         at(names_many, "smc N=4") / at(names_many, "floor: plain n=4")
     )
-    report = {"one_at_a_time": one, "all_at_once": many, "ratios": found}
+    assert found["smc N=4 generated tok/s / plain n=4 tok/s (8 in flight, sustained)"] == pytest.approx(
+        0.93
+    )
+    assert found["smc N=16 p50 / floor n=16 (one at a time)"] == pytest.approx(
+        at(names_one, "smc N=16") / at(names_one, "floor: plain n=16")
+    )
+    for n in (4, 8, 16):
+        assert found[f"smc N={n} p50: held / re-submitted (one at a time)"] == pytest.approx(0.5)
+    report = {
+        "one_at_a_time": one,
+        "all_at_once": many,
+        "sustained": sustained_rows(),
+        "heldout": heldout_rows(),
+        "ratios": found,
+    }
     assert "| smc adaptive N |" in table(report)
+
+
+def test_the_held_out_part_asks_every_way_to_answer_but_the_floors() -> None:
+    routes = heldout_routes(4.0)
+    assert set(routes) == {name for name in configs(4.0, concurrent=False) if "floor" not in name}
+    assert routes["plain"]["model"] == DEFAULT_MODEL_NAME
+    assert routes["smc N=16"]["model"] == f"{DEFAULT_MODEL_NAME}-power"
+    assert routes["smc N=16"]["power_particles"] == 16
+    assert routes["distilled"]["model"] == f"{DEFAULT_MODEL_NAME}-distilled"
+    # A seeded request runs the default N whatever the load: adaptive N is asked unseeded.
+    assert routes["smc adaptive N"]["seed"] is None
+    assert "seed" not in routes["smc N=4"]
+
+
+def test_the_readme_table_joins_latency_to_held_out_accuracy() -> None:
+    report = {"one_at_a_time": one_at_a_time_rows(), "heldout": heldout_rows()}
+    lines = readme_table(report).splitlines()
+    by_name = {line.split(" | ")[0].removeprefix("| "): line for line in lines[2:]}
+    assert list(by_name) == [*configs(4.0, concurrent=False), *resubmitted(4.0)]
+    # A floor has a latency and nothing else; "smc N=4" is the 3rd answering row (10% + 2 x 2%)
+    # and the 6th of the one-at-a-time rows (6 s, 6x plain, 6x its tokens).
+    assert by_name["floor: plain n=16"].endswith("| | | | |")
+    assert "| 6.00 s | 6.00x | 6.0 | -0.500 | 14.0% (5%–20%) | -0.480 |" in by_name["smc N=4"]
+    # Re-submitted particles sample the held ones' law: no held-out columns of their own.
+    assert by_name["smc N=4, re-submitted"].endswith("| 12.00 s | 12.00x | 6.0 | -0.500 | | |")
 
 
 def test_the_picture_is_drawn_from_the_report(tmp_path: Path) -> None:

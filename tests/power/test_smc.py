@@ -8,6 +8,7 @@ must match it within a sample-size bound, and their distance to p**alpha must fa
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -18,7 +19,7 @@ from loadtests.harness import ServiceProcess
 from loadtests.smc_reference import smc_law
 from loadtests.stats import empirical, total_variation, tv_bound
 from loadtests.tiny_model import EOS_ID, ExactModel
-from tests.conftest import TINY_MODEL_NAME, TINY_PROMPT
+from tests.conftest import TINY_MODEL_NAME, TINY_PROMPT, start_service, tiny_engine_args
 from tests.power.test_exactness import ALPHA, HORIZON, draw
 
 logger = logging.getLogger(__name__)
@@ -117,6 +118,48 @@ def test_chopthin_law_matches_the_reference(tiny_service: ServiceProcess, exact:
     bound = tv_bound(law, samples) + tv_bound(law, REFERENCE_RUNS)
     logger.info(
         "smc chopthin N=%d: TV to the reference %.4f (bound %.4f)",
+        particles,
+        total_variation(found, law),
+        bound,
+    )
+    assert total_variation(found, law) <= bound
+
+
+@pytest.fixture(scope="module")
+def resubmitting_service(
+    tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path
+) -> Iterator[ServiceProcess]:
+    """The tiny model with SMC as it was before held particles: every growing particle a new
+    engine request each block (POWERSERVE_POWER_HELD_PARTICLES=false, which make bench-particles
+    measures held particles against)."""
+    env = {"POWERSERVE_POWER_HELD_PARTICLES": "false"}
+    args = [*tiny_engine_args(tiny_model_dir), "--max-n", "512"]
+    service = start_service(tmp_path_factory, "tiny-resubmitting", args, env)
+    yield service
+    service.stop()
+
+
+def test_resubmitted_particles_follow_the_same_law(
+    resubmitting_service: ServiceProcess, exact: ExactModel
+) -> None:
+    """Re-submitting the particles every block changes what they cost, not what they sample: the
+    reference law at N = 4, a block per token."""
+    particles, samples = 4, 384
+    law = reference_law(exact, horizon=HORIZON, particles=particles)
+    answers = draw(
+        resubmitting_service,
+        POWER,
+        requests=1,
+        n=samples,
+        temperature=1 / ALPHA,
+        block_size=1,
+        power_method="smc",
+        power_particles=particles,
+    )
+    found = empirical(answers)
+    bound = tv_bound(law, samples) + tv_bound(law, REFERENCE_RUNS)
+    logger.info(
+        "smc re-submitted N=%d: TV to the reference %.4f (bound %.4f)",
         particles,
         total_variation(found, law),
         bound,
