@@ -13,7 +13,8 @@ default model, through the service, in one run:
        decoding's at the same number of sequences in flight (n = 4 per prompt, at temperature
        1/alpha);
   (iii) 8 requests in flight, sustained: 8 clients each asking ``--rounds`` prompts back to back,
-       SMC at N = 4 against that floor: generated tokens/s where the batch stays full, not only
+       SMC at N = 4 against that floor and against SMC that never resamples (one block), in
+       ``--reps`` turns taken in turn: generated tokens/s where the batch stays full, not only
        while one burst drains;
   (iv) the held-out problem families of the distillation data (``--heldout-prompts``, 8 at a
        time): accuracy and self-reward of every way to answer of (i), on problems no part of the
@@ -54,7 +55,15 @@ from service.distill.data import DEFAULT_PROMPTS, read_prompts
 from service.model_store import ensure_default_model
 
 # What its test checks.
-__all__ = ["configs", "heldout_routes", "plot", "ratios", "readme_table", "table"]
+__all__ = [
+    "configs",
+    "heldout_routes",
+    "plot",
+    "ratios",
+    "readme_table",
+    "sustained_configs",
+    "table",
+]
 
 _TICKS = os.sysconf("SC_CLK_TCK")
 # POWERSERVE_POWER_PARTICLES_MAX of the benchmark's service (the default, 4, fixes N).
@@ -74,7 +83,8 @@ def parse_args() -> argparse.Namespace:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--prompts", type=int, default=len(PROMPTS), help="Chat prompts of (i).")
-    parser.add_argument("--rounds", type=int, default=4, help="Requests per client in (iii).")
+    parser.add_argument("--rounds", type=int, default=2, help="Requests per client a turn in (iii).")
+    parser.add_argument("--reps", type=int, default=4, help="Turns of each row in (iii).")
     parser.add_argument("--heldout-prompts", type=int, default=100, help="Problems of (iv).")
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--alpha", type=float, default=4.0)
@@ -138,8 +148,14 @@ async def one_at_a_time(
             rows |= {n: (p, resubmitting) for n, p in resubmitted(args.alpha).items()}
     results: dict[str, list[dict]] = {name: [] for name in rows}
     cpu: dict[str, float] = dict.fromkeys(rows, 0.0)
+    previous = None
     for prompt in PROMPTS[: args.prompts]:
         for name, (params, (client, service)) in rows.items():
+            if service is not previous:
+                # An engine idle for the other service's rows is slow to its first request (both
+                # runs before this had the first row after a switch slowest): wake it untimed.
+                await ask(client, DEFAULT_MODEL_NAME, {"model": "plain"}, prompt, None, 1)
+                previous = service
             before = gateway_cpu_s(service.process.pid)
             results[name].append(
                 await ask(client, DEFAULT_MODEL_NAME, params, prompt, None, args.max_tokens)
@@ -167,28 +183,45 @@ async def all_at_once(
     return out
 
 
+def sustained_configs(alpha: float, max_tokens: int) -> dict[str, dict[str, Any]]:
+    """Rows of (iii): SMC at N = 4, its floor, and SMC at N = 4 with one block (it never
+    resamples: what held particles decode at, the cost of resampling apart)."""
+    rows = configs(alpha, concurrent=True)
+    return {
+        "floor: plain n=4": rows["floor: plain n=4"],
+        "smc N=4": rows["smc N=4"],
+        "smc N=4, one block": rows["smc N=4"] | {"block_size": max_tokens},
+    }
+
+
 async def sustained(
     client: httpx.AsyncClient, service: ServiceProcess, args: argparse.Namespace
 ) -> dict[str, dict[str, Any]]:
-    """SMC at N = 4 and its floor with CONCURRENCY requests always in flight: each client asks
-    ``args.rounds`` prompts back to back, so the batch drains only once, at the end."""
-    rows = configs(args.alpha, concurrent=True)
-    out = {}
-    for name in ("floor: plain n=4", "smc N=4"):
+    """Each row with CONCURRENCY requests always in flight: each client asks ``args.rounds``
+    prompts back to back, so the batch drains only once a turn. The rows take ``args.reps`` turns
+    each, in turn, so that the drift of this shared machine falls on all of them alike."""
+    rows = sustained_configs(args.alpha, args.max_tokens)
+    results: dict[str, list[dict]] = {name: [] for name in rows}
+    seconds = dict.fromkeys(rows, 0.0)
+    cpu = dict.fromkeys(rows, 0.0)
+    for rep in range(args.reps):
+        for name, params in rows.items():
 
-        async def client_loop(k: int, params: dict[str, Any] = rows[name]) -> list[dict]:
-            prompts = [PROMPTS[(k + r) % len(PROMPTS)] for r in range(args.rounds)]
-            return [
-                await ask(client, DEFAULT_MODEL_NAME, params, p, None, args.max_tokens) for p in prompts
-            ]
+            async def client_loop(k: int, params: dict[str, Any] = params, rep: int = rep) -> list[dict]:
+                first = k + rep * args.rounds
+                prompts = [PROMPTS[(first + r) % len(PROMPTS)] for r in range(args.rounds)]
+                return [
+                    await ask(client, DEFAULT_MODEL_NAME, params, p, None, args.max_tokens)
+                    for p in prompts
+                ]
 
-        before, began = gateway_cpu_s(service.process.pid), time.monotonic()
-        per_client = await asyncio.gather(*(client_loop(k) for k in range(CONCURRENCY)))
-        seconds = time.monotonic() - began
-        results = [r for answers in per_client for r in answers]
-        out[name] = row_of(results, seconds, gateway_cpu_s(service.process.pid) - before)
-        print(f"(iii) {name}: {out[name]}", flush=True)
-    return out
+            before, began = gateway_cpu_s(service.process.pid), time.monotonic()
+            per_client = await asyncio.gather(*(client_loop(k) for k in range(CONCURRENCY)))
+            seconds[name] += time.monotonic() - began
+            cpu[name] += gateway_cpu_s(service.process.pid) - before
+            results[name] += [r for answers in per_client for r in answers]
+        print(f"(iii) turn {rep + 1} done", flush=True)
+    return {name: row_of(results[name], seconds[name], cpu[name]) for name in rows}
 
 
 def heldout_routes(alpha: float) -> dict[str, dict[str, Any]]:
@@ -222,6 +255,9 @@ def ratios(
         gain = rows[name]["self_reward"] - rows["plain"]["self_reward"]
         return float(gain / rows[name]["latency_p50_s"])
 
+    def rate(rows: dict[str, dict[str, Any]], name: str) -> float:
+        return float(rows[name]["generated_tokens_per_s"])
+
     def cpu(rows: dict[str, dict[str, Any]], name: str) -> float:
         return float(rows[name]["gateway_cpu_ms_per_generated_token"])
 
@@ -241,14 +277,14 @@ def ratios(
         "adaptive p50 / N=4 p50 (8 at once)": p50(many, "smc adaptive N") / p50(many, "smc N=4"),
         "adaptive gain per s / N=4 gain per s (8 at once)": gain_per_s(many, "smc adaptive N")
         / gain_per_s(many, "smc N=4"),
-        "smc N=4 generated tok/s / plain n=4 tok/s (8 at once, one burst)": many["smc N=4"][
-            "generated_tokens_per_s"
-        ]
-        / many["floor: plain n=4"]["generated_tokens_per_s"],
-        "smc N=4 generated tok/s / plain n=4 tok/s (8 in flight, sustained)": kept["smc N=4"][
-            "generated_tokens_per_s"
-        ]
-        / kept["floor: plain n=4"]["generated_tokens_per_s"],
+        "smc N=4 generated tok/s / plain n=4 tok/s (8 at once, one burst)": rate(many, "smc N=4")
+        / rate(many, "floor: plain n=4"),
+        "smc N=4 generated tok/s / plain n=4 tok/s (8 in flight, sustained)": rate(kept, "smc N=4")
+        / rate(kept, "floor: plain n=4"),
+        "smc N=4 one block (no resampling) tok/s / plain n=4 tok/s (8 in flight, sustained)": rate(
+            kept, "smc N=4, one block"
+        )
+        / rate(kept, "floor: plain n=4"),
         "gateway CPU per token: smc N=4 / plain (one at a time)": cpu(one, "smc N=4")
         / cpu(one, "plain"),
         "gateway CPU per token: smc N=4 / plain (8 at once)": cpu(many, "smc N=4") / cpu(many, "plain"),

@@ -15,6 +15,7 @@ from loadtests.bench_particles import (
     ratios,
     readme_table,
     resubmitted,
+    sustained_configs,
     table,
 )
 from service.config import DEFAULT_MODEL_NAME
@@ -49,10 +50,11 @@ def one_at_a_time_rows() -> dict[str, dict[str, Any]]:
 
 
 def sustained_rows() -> dict[str, dict[str, Any]]:
-    """The floor at 100 generated tokens/s, SMC at 93."""
+    """The floor at 100 generated tokens/s, SMC at 93, SMC that never resamples at 101."""
     return {
         "floor: plain n=4": rows(True)["floor: plain n=4"] | {"generated_tokens_per_s": 100.0},
         "smc N=4": rows(True)["smc N=4"] | {"generated_tokens_per_s": 93.0},
+        "smc N=4, one block": rows(True)["smc N=4"] | {"generated_tokens_per_s": 101.0},
     }
 
 
@@ -95,6 +97,8 @@ def test_each_target_is_the_ratio_of_the_rows_it_names() -> None:
     assert found["smc N=4 generated tok/s / plain n=4 tok/s (8 in flight, sustained)"] == pytest.approx(
         0.93
     )
+    no_resampling = "smc N=4 one block (no resampling) tok/s / plain n=4 tok/s (8 in flight, sustained)"
+    assert found[no_resampling] == pytest.approx(1.01)
     assert found["smc N=16 p50 / floor n=16 (one at a time)"] == pytest.approx(
         at(names_one, "smc N=16") / at(names_one, "floor: plain n=16")
     )
@@ -108,6 +112,16 @@ def test_each_target_is_the_ratio_of_the_rows_it_names() -> None:
         "ratios": found,
     }
     assert "| smc adaptive N |" in table(report)
+
+
+def test_the_sustained_part_sets_smc_apart_from_its_resampling() -> None:
+    rows = sustained_configs(4.0, max_tokens=64)
+    assert list(rows) == ["floor: plain n=4", "smc N=4", "smc N=4, one block"]
+    assert rows["floor: plain n=4"]["n"] == 4
+    # One block as long as the answer: the weights are compared once, at the end, so it never
+    # resamples; otherwise the same request as SMC at N = 4.
+    assert rows["smc N=4, one block"] == rows["smc N=4"] | {"block_size": 64}
+    assert "block_size" not in rows["smc N=4"]
 
 
 def test_the_held_out_part_asks_every_way_to_answer_but_the_floors() -> None:
