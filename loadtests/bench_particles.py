@@ -7,8 +7,10 @@ default model, through the service, in one run:
        and cost of plain sampling, plain sampling at temperature 1/alpha (what a skeptic compares
        sharpening to), the floors (plain with n = N at temperature 1/alpha: N sequences decoded in
        one batch at the particles' temperature, the least N particles can cost), SMC at fixed N = 4,
-       8 and 16, SMC with load-adaptive N (4 to 8: POWERSERVE_POWER_PARTICLES_MAX=8), and
-       for comparison MH (4 steps, blocks of 16) and the distilled model;
+       8 and 16, the same re-submitted every block (asked of a second service, started with
+       POWERSERVE_POWER_HELD_PARTICLES=false), SMC with load-adaptive N (4 to 8:
+       POWERSERVE_POWER_PARTICLES_MAX=8), and for comparison MH (4 steps, blocks of 16) and the
+       distilled model;
   (ii) 8 prompts at once, one burst: the same, with SMC's generated tokens/s against plain
        decoding's at the same number of sequences in flight (n = 4 per prompt, at temperature
        1/alpha);
@@ -61,6 +63,7 @@ __all__ = [
     "plot",
     "ratios",
     "readme_table",
+    "resubmitted",
     "sustained_configs",
     "table",
 ]

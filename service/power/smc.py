@@ -275,7 +275,7 @@ class _ParticleStream:
 
     @property
     def finished(self) -> bool:
-        """Nothing more will arrive: ended, at max_tokens, stopped or failed."""
+        """Nothing more will arrive: ended, at its request's length (``until``), stopped or failed."""
         return self.task is None or self.task.done()
 
     def ended_by(self, horizon: int) -> bool:

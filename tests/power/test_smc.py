@@ -8,7 +8,7 @@ must match it within a sample-size bound, and their distance to p**alpha must fa
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Hashable, Iterator
 from pathlib import Path
 
 import httpx
@@ -48,6 +48,24 @@ def reference_law(exact: ExactModel, *, horizon: int, particles: int, **options:
     )
 
 
+def served_law(
+    service: ServiceProcess, *, particles: int, samples: int, **params: object
+) -> dict[Hashable, float]:
+    """The empirical law of ``samples`` served SMC answers to the tiny prompt, a block per token."""
+    answers = draw(
+        service,
+        POWER,
+        requests=1,
+        n=samples,
+        temperature=1 / ALPHA,
+        block_size=1,
+        power_method="smc",
+        power_particles=particles,
+        **params,
+    )
+    return empirical(answers)
+
+
 def test_smc_law_matches_the_reference_and_falls_with_particles(
     tiny_service: ServiceProcess, exact: ExactModel
 ) -> None:
@@ -57,18 +75,7 @@ def test_smc_law_matches_the_reference_and_falls_with_particles(
     reference: dict[int, float] = {}
     for particles, samples in SAMPLES.items():
         law = reference_law(exact, horizon=HORIZON, particles=particles)
-        found = empirical(
-            draw(
-                tiny_service,
-                POWER,
-                requests=1,
-                n=samples,
-                temperature=1 / ALPHA,
-                block_size=1,
-                power_method="smc",
-                power_particles=particles,
-            )
-        )
+        found = served_law(tiny_service, particles=particles, samples=samples)
         # The reference is itself a sample: its own bound widens the allowance.
         bound = tv_bound(law, samples) + tv_bound(law, REFERENCE_RUNS)
         served[particles] = total_variation(found, target)
@@ -101,19 +108,12 @@ def test_chopthin_law_matches_the_reference(tiny_service: ServiceProcess, exact:
     tests/power/test_resampling.py holds chopthin to its properties."""
     horizon, particles, samples = 4, 8, 256
     law = reference_law(exact, horizon=horizon, particles=particles, resampling="chopthin")
-    found = empirical(
-        draw(
-            tiny_service,
-            POWER,
-            requests=1,
-            n=samples,
-            max_tokens=horizon,
-            temperature=1 / ALPHA,
-            block_size=1,
-            power_method="smc",
-            power_particles=particles,
-            power_resampling="chopthin",
-        )
+    found = served_law(
+        tiny_service,
+        particles=particles,
+        samples=samples,
+        max_tokens=horizon,
+        power_resampling="chopthin",
     )
     bound = tv_bound(law, samples) + tv_bound(law, REFERENCE_RUNS)
     logger.info(
@@ -146,17 +146,7 @@ def test_resubmitted_particles_follow_the_same_law(
     reference law at N = 4, a block per token."""
     particles, samples = 4, 384
     law = reference_law(exact, horizon=HORIZON, particles=particles)
-    answers = draw(
-        resubmitting_service,
-        POWER,
-        requests=1,
-        n=samples,
-        temperature=1 / ALPHA,
-        block_size=1,
-        power_method="smc",
-        power_particles=particles,
-    )
-    found = empirical(answers)
+    found = served_law(resubmitting_service, particles=particles, samples=samples)
     bound = tv_bound(law, samples) + tv_bound(law, REFERENCE_RUNS)
     logger.info(
         "smc re-submitted N=%d: TV to the reference %.4f (bound %.4f)",
