@@ -64,6 +64,7 @@ __all__ = [
     "ratios",
     "readme_table",
     "resubmitted",
+    "row_of",
     "sustained_configs",
     "table",
 ]
@@ -77,6 +78,12 @@ CONCURRENCY = 8
 RESUBMITTED_N = (4, 8, 16)
 # The settings of the service those rows are asked of.
 RESUBMITTING = {"POWERSERVE_POWER_HELD_PARTICLES": "false"}
+# vLLM's counters read around the rows of (ii) and (iii).
+ENGINE_COUNTERS = (
+    "vllm:prompt_tokens_total",
+    "vllm:prompt_tokens_cached_total",
+    "vllm:generation_tokens_total",
+)
 # A client and the service it asks (whose gateway's CPU is read).
 Asked = tuple[httpx.AsyncClient, ServiceProcess]
 
@@ -125,12 +132,32 @@ def gateway_cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / _TICKS  # utime, stime
 
 
-def row_of(results: list[dict], seconds: float | None, cpu_s: float) -> dict[str, Any]:
+def engine_counts(service: ServiceProcess) -> dict[str, float]:
+    """vLLM's own counters, on the gateway's /metrics: prompt tokens prefilled, those of them the
+    prefix cache held, and tokens decoded (those of aborted requests, a dropped particle's
+    run-ahead, included)."""
+    return {name: service.metric(name) for name in ENGINE_COUNTERS}
+
+
+def row_of(
+    results: list[dict],
+    seconds: float | None,
+    cpu_s: float,
+    engine: dict[str, float] | None = None,
+) -> dict[str, Any]:
+    """A row's summary; ``engine``: the change in engine_counts over the row."""
     row = summary_of(results, seconds)
     row["gateway_cpu_ms_per_generated_token"] = 1000 * cpu_s / max(row["tokens_generated"], 1)
     chosen = Counter(r["power"]["particles"] for r in results if "particles" in r.get("power", {}))
     if chosen:
         row["particles_chosen"] = dict(sorted(chosen.items()))
+        finals = Counter(r["power"]["final_particles"] for r in results)
+        row["particles_at_end"] = dict(sorted(finals.items()))
+    if engine is not None and seconds:
+        prompt, cached, decoded = (engine[name] for name in ENGINE_COUNTERS)
+        row["engine_decoded_tokens_per_s"] = decoded / seconds
+        # The prefill work a row adds beside its decode: a copy's uncached tail, every prompt.
+        row["engine_prefilled_per_decoded_token"] = (prompt - cached) / max(decoded, 1)
     # A plain request with n > 1 answers n choices: its self-reward is the first's.
     return row
 
@@ -173,6 +200,7 @@ async def all_at_once(
 ) -> dict[str, dict[str, Any]]:
     out = {}
     for name, params in configs(args.alpha, concurrent=True).items():
+        counts = engine_counts(service)
         before, began = gateway_cpu_s(service.process.pid), time.monotonic()
         results = await asyncio.gather(
             *(
@@ -181,7 +209,9 @@ async def all_at_once(
             )
         )
         seconds = time.monotonic() - began
-        out[name] = row_of(list(results), seconds, gateway_cpu_s(service.process.pid) - before)
+        cpu_s = gateway_cpu_s(service.process.pid) - before
+        engine = {k: v - counts[k] for k, v in engine_counts(service).items()}
+        out[name] = row_of(list(results), seconds, cpu_s, engine)
         print(f"(ii) {name}: {out[name]}", flush=True)
     return out
 
@@ -207,6 +237,7 @@ async def sustained(
     results: dict[str, list[dict]] = {name: [] for name in rows}
     seconds = dict.fromkeys(rows, 0.0)
     cpu = dict.fromkeys(rows, 0.0)
+    engine = {name: dict.fromkeys(ENGINE_COUNTERS, 0.0) for name in rows}
     for rep in range(args.reps):
         for name, params in rows.items():
 
@@ -218,13 +249,16 @@ async def sustained(
                     for p in prompts
                 ]
 
+            counts = engine_counts(service)
             before, began = gateway_cpu_s(service.process.pid), time.monotonic()
             per_client = await asyncio.gather(*(client_loop(k) for k in range(CONCURRENCY)))
             seconds[name] += time.monotonic() - began
             cpu[name] += gateway_cpu_s(service.process.pid) - before
+            for key, value in engine_counts(service).items():
+                engine[name][key] += value - counts[key]
             results[name] += [r for answers in per_client for r in answers]
         print(f"(iii) turn {rep + 1} done", flush=True)
-    return {name: row_of(results[name], seconds[name], cpu[name]) for name in rows}
+    return {name: row_of(results[name], seconds[name], cpu[name], engine[name]) for name in rows}
 
 
 def heldout_routes(alpha: float) -> dict[str, dict[str, Any]]:
@@ -304,16 +338,21 @@ def table(report: dict[str, Any]) -> str:
     for part, title in parts:
         lines += [
             f"\n{title}\n",
-            "| | p50 | self-reward | cost | generated tok/s | gateway CPU ms/token | N chosen |",
-            "|---|---|---|---|---|---|---|",
+            "| | p50 | self-reward | cost | generated tok/s | engine decoded tok/s "
+            "| engine prefill / decoded token | gateway CPU ms/token | N chosen | N at the end |",
+            "|---|---|---|---|---|---|---|---|---|---|",
         ]
         for name, row in report[part].items():
             rate = row.get("generated_tokens_per_s")
+            decoded = row.get("engine_decoded_tokens_per_s")
+            prefill = row.get("engine_prefilled_per_decoded_token")
             lines.append(
                 f"| {name} | {row['latency_p50_s']:.2f} s | {row['self_reward']:.3f} "
                 f"| {row['cost_multiplier']:.2f} | {'' if rate is None else f'{rate:.0f}'} "
+                f"| {'' if decoded is None else f'{decoded:.0f}'} "
+                f"| {'' if prefill is None else f'{prefill:.3f}'} "
                 f"| {row['gateway_cpu_ms_per_generated_token']:.2f} "
-                f"| {row.get('particles_chosen', '')} |"
+                f"| {row.get('particles_chosen', '')} | {row.get('particles_at_end', '')} |"
             )
     lines += ["\n| target | ratio |", "|---|---|"]
     lines += [f"| {name} | {value:.3f} |" for name, value in report["ratios"].items()]

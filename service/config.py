@@ -324,7 +324,8 @@ class PowerSettings(_SettingsGroup):
         le=256,
         description="SMC particles per answer on an idle engine: a request that sets none gets what "
         "the batch has room for (power-batch-room less the sequences in flight), between "
-        "power-particles and this. At or below power-particles (the default) N is fixed: on the "
+        "power-particles and this, and lets particles go, down to power-particles, when the load "
+        "grows while it runs. At or below power-particles (the default) N is fixed: on the "
         "2-core CPU of make bench-particles, 8 particles took 1.40x the p50 of 4 one request at a "
         "time. Raise it (8) where the batch has width to spare, as on a GPU.",
     )

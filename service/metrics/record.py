@@ -26,6 +26,7 @@ from service.metrics.registry import (
     POWER_COST_MULTIPLIER,
     POWER_REQUESTS,
     POWER_SMC_PARTICLES,
+    POWER_SMC_PARTICLES_SHED,
     POWER_SMC_RESAMPLES,
     RATE_LIMIT_ERRORS,
     REJECTIONS,
@@ -110,6 +111,9 @@ def answer_computed(route: str, result: GenerationResult) -> None:
     for choice in result.choices:
         if power.method == "smc" and choice.sampler is not None:
             POWER_SMC_RESAMPLES.observe(choice.sampler.resamples)
+            final = choice.sampler.final_particles
+            if power.particles is not None and final is not None and final < power.particles:
+                POWER_SMC_PARTICLES_SHED.inc(power.particles - final)
 
 
 def batch_line(result: str) -> None:

@@ -37,6 +37,7 @@ __all__ = [
     "POWER_COST_MULTIPLIER",
     "POWER_REQUESTS",
     "POWER_SMC_PARTICLES",
+    "POWER_SMC_PARTICLES_SHED",
     "POWER_SMC_RESAMPLES",
     "RATE_LIMIT_ERRORS",
     "REGISTRY",
@@ -129,6 +130,12 @@ POWER_SMC_PARTICLES = Histogram(
     "latency_target (fitted to the request's power_latency_target).",
     ["chosen_by"],
     buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
+    registry=REGISTRY,
+)
+POWER_SMC_PARTICLES_SHED = Counter(
+    "powerserve_power_smc_particles_shed_total",
+    "SMC particles answers let go before their end because the engine's load grew after the load "
+    "had chosen their N (load-adaptive N follows the load while the answer runs).",
     registry=REGISTRY,
 )
 POWER_REQUESTS = Counter(

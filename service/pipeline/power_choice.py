@@ -5,8 +5,11 @@ width to spare (a GPU's memory-bound decode), eight particles on an idle engine 
 than four, and on a full one every particle is paid in full. With ``power_particles_max`` above
 ``power_particles``, a request that sets no ``power_particles`` gets what the batch has room for
 (``power_batch_room`` less the sequences in flight), between the two; a seeded one gets
-``power_particles``, so that its answer does not depend on the load. (Off by default: on 2 CPU
-cores eight particles took 1.40x the latency of four, docs/benchmarks/particles.md.)
+``power_particles``, so that its answer does not depend on the load. The answer then follows the
+load while it runs (PowerConfig.follow_load): at each resampling point it lets particles go, down to
+``power_particles``, when the engine's other sequences have grown into the room (the first requests
+of a burst see an idle engine). (Off by default: on 2 CPU cores eight particles took 1.40x the
+latency of four, docs/benchmarks/particles.md.)
 
 ``power_budget`` (the request's, or its key's) caps what the answer may cost in tokens generated
 per token returned: the route lowers N (or MH's steps) to fit, and refuses a request whose own

@@ -20,7 +20,7 @@ from service.generation import GenerationRequest
 from service.pipeline.catalog import ModelRoute, RouteKind
 from service.pipeline.latency import LatencyEstimates, fit_latency
 from service.pipeline.power_choice import default_particles, fit_budget
-from service.power import PowerChoice, PowerConfig
+from service.power import FollowLoad, PowerChoice, PowerConfig
 
 __all__ = ["POWER_FIELDS", "ResolvedRequest", "resolve"]
 
@@ -133,7 +133,7 @@ def resolve(
         resolved = ResolvedRequest(**common, power=config, power_choice=choice)
         if choice.chosen_by == "load" and resolved.worst_case_tokens > settings.power_token_budget:
             # The load's choice must not turn a request that fits at the fixed N into a 400.
-            config = replace(config, particles=settings.power_particles)
+            config = replace(config, particles=settings.power_particles, follow_load=None)
             choice = replace(choice, chosen_by="default", engine_load=None)
             resolved = replace(resolved, power=config, power_choice=choice)
         _check_budget(resolved, settings.power_token_budget)
@@ -250,6 +250,11 @@ def _power_config(
     if request.power_latency_target is not None:
         config, choice = fit_latency(
             config, choice, request.power_latency_target, latency or LatencyEstimates()
+        )
+    if choice.chosen_by == "load":  # and keeps following it while the answer runs
+        config = replace(
+            config,
+            follow_load=FollowLoad(fewest=settings.power_particles, room=settings.power_batch_room),
         )
     return config, choice
 

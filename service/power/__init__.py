@@ -5,6 +5,7 @@ grammar accepts by importance sampling (constrained.py), behind one interface.""
 from service.power.config import (
     POWER_METHODS,
     RESAMPLING_SCHEMES,
+    FollowLoad,
     PowerConfig,
     PowerMethod,
     Resampling,
@@ -24,6 +25,7 @@ __all__ = [
     "ChosenBy",
     "ConstrainedPowerSampler",
     "FinalTokens",
+    "FollowLoad",
     "PowerChoice",
     "PowerConfig",
     "PowerMethod",

@@ -8,12 +8,38 @@ from typing import Literal
 
 from service.engines.base import Constraint
 
-__all__ = ["POWER_METHODS", "RESAMPLING_SCHEMES", "PowerConfig", "PowerMethod", "Resampling"]
+__all__ = [
+    "POWER_METHODS",
+    "RESAMPLING_SCHEMES",
+    "FollowLoad",
+    "PowerConfig",
+    "PowerMethod",
+    "Resampling",
+]
 
 PowerMethod = Literal["mh", "smc"]
 POWER_METHODS: tuple[PowerMethod, ...] = ("mh", "smc")
 Resampling = Literal["systematic", "chopthin"]
 RESAMPLING_SCHEMES: tuple[Resampling, ...] = ("systematic", "chopthin")
+
+
+@dataclass(frozen=True)
+class FollowLoad:
+    """SMC particles that follow the engine's load over the answer's life: at every resampling
+    point the answer keeps at most ``room`` less the sequences the engine runs for others, and at
+    least ``fewest`` (or its N, if fewer). It only lets particles go: a request whose N was chosen on
+    an idle engine gives the room back when a burst arrives after it (smc.py)."""
+
+    fewest: int
+    room: int
+
+    def __post_init__(self) -> None:
+        if self.fewest < 1 or self.room < 1:
+            raise ValueError(f"follow_load needs fewest and room >= 1, got {self}")
+
+    def keep(self, particles: int, others: int) -> int:
+        """Particles an answer of ``particles`` keeps while the engine runs ``others`` more."""
+        return max(min(self.fewest, particles), min(particles, self.room - others))
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -50,6 +76,8 @@ class PowerConfig:
     # growing particle as a new request each block, as the sampler did before; the same law, kept
     # so that make bench-particles can measure the two in one run.
     held_particles: bool = True
+    # SMC: let particles go as the engine's load grows (the route sets it where the load chose N).
+    follow_load: FollowLoad | None = None
     # Stop strings: absorbing, like EOS, so the target is p**alpha over answers that end at one.
     stop: tuple[str, ...] = ()
     # Raw top-k log-probs fetched per proposed token to compute the normalisers zeta_t; exact when
@@ -91,6 +119,8 @@ class PowerConfig:
             raise ValueError("stream_lag applies to the mh method only (smc streams exactly)")
         if self.constraint is not None and self.method != "smc":
             raise ValueError("constraint needs the smc method (mh regrows suffixes from a cut)")
+        if self.follow_load is not None and self.method != "smc":
+            raise ValueError("follow_load applies to the smc method only")
         if self.stream_lag is not None and self.stream_lag < 0:
             raise ValueError(f"stream_lag must be >= 0, got {self.stream_lag}")
 

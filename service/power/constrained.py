@@ -77,6 +77,7 @@ class ConstrainedPowerSampler:
             tokens_generated=sum(len(p) for p, _ in particles),
             normaliser_error_bound=sum(answer.zeta_bounds),
             min_ess=effective_sample_size(log_weights),
+            final_particles=len(particles),
         )
         yield PowerSample(
             token_ids=answer.token_ids,

@@ -51,10 +51,13 @@ class SamplerStats:
     # SMC: resampling events, and the smallest effective sample size seen before one.
     resamples: int = 0
     min_ess: float | None = None
+    # SMC: the particles at the end (fewer than N where the engine's load grew: FollowLoad).
+    final_particles: int | None = None
 
     def to_json(self) -> dict[str, Any]:
         """The fields of the method that ran."""
-        mine = ("proposals", "accepted") if self.method == "mh" else ("resamples", "min_ess")
+        smc = ("resamples", "min_ess", "final_particles")
+        mine = ("proposals", "accepted") if self.method == "mh" else smc
         shared = ("tokens_generated", "normaliser_error_bound")
         return {name: getattr(self, name) for name in (*shared, *mine)}
 
@@ -80,6 +83,9 @@ class PowerReport:
     acceptance_rate: float | None = None
     # SMC
     particles: int | None = None
+    # The fewest particles an answer ended with: below particles where the engine's load grew
+    # during the answer and N had been chosen by the load (PowerConfig.follow_load).
+    final_particles: int | None = None
     resamples: int | None = None
     min_ess: float | None = None
     # PowerChoice's fields: what set N or the steps, the engine sequences in flight when the load
@@ -124,6 +130,8 @@ class PowerReport:
         else:
             ess = [run.min_ess for run in runs if run.min_ess is not None]
             report.particles = config.particles
+            finals = [run.final_particles for run in runs if run.final_particles is not None]
+            report.final_particles = min(finals, default=config.particles)
             report.resampling = config.resampling
             report.resamples = sum(run.resamples for run in runs)
             report.min_ess = min(ess, default=None)
@@ -132,7 +140,7 @@ class PowerReport:
     def to_json(self) -> dict[str, Any]:
         """The response's ``power`` object: the fields of the method that ran (alpha = inf as "inf")."""
         mh = ("mcmc_steps", "stream_lag", "proposals", "accepted", "acceptance_rate")
-        smc = ("particles", "resamples", "min_ess", "resampling")
+        smc = ("particles", "final_particles", "resamples", "min_ess", "resampling")
         skip = smc if self.method == "mh" else mh
         optional = ("engine_load", "budget", "latency_target", "predicted_latency_s")
         unset = {k for k in optional if getattr(self, k) is None}

@@ -27,6 +27,11 @@ With N particles, all log-weights w_i = 0, and blocks b = 1..K of B tokens (hori
                 aborted. Re-submitting every particle every block, as before, cost a prefill and a
                 scheduling round trip per particle per block (DESIGN.md section 14); it is kept
                 (PowerConfig.held_particles = False) to be measured against.
+                Where the engine's load chose N (PowerConfig.follow_load), the answer also lets
+                particles go when the load has grown since: it resamples, whatever the ESS, to
+                the fewer particles the room left allows (systematic: N' ancestors ∝ e^w, equal
+                weights after), so that a request sized on an idle engine does not hold a burst
+                that arrives after it to more sequences than the batch has room for.
   3. Stream.    The answer will be one of the particles, and every particle descends from the ones
                 alive now at H_b, so the prefix all of them share up to H_b is final: it is yielded
                 as it grows.
@@ -77,10 +82,12 @@ def effective_sample_size(log_weights: np.ndarray) -> float:
     return float(w.sum() ** 2 / (w**2).sum())
 
 
-def systematic_resample(log_weights: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """N ancestor indices, each drawn with chance ∝ exp(log weight), from one uniform offset:
-    lower variance than N independent draws (Douc & Cappé 2005)."""
-    n = len(log_weights)
+def systematic_resample(
+    log_weights: np.ndarray, rng: np.random.Generator, size: int | None = None
+) -> np.ndarray:
+    """``size`` (default N) ancestor indices, each drawn with chance ∝ exp(log weight), from one
+    uniform offset: lower variance than independent draws (Douc & Cappé 2005)."""
+    n = len(log_weights) if size is None else size
     w = np.exp(log_weights - log_weights.max())
     edges = np.cumsum(w / w.sum())
     edges[-1] = 1.0  # no index past the end from rounding
@@ -162,10 +169,9 @@ class PowerSMCSampler:
             )
 
         affinity = uuid.uuid4().hex
-        n = config.particles
-        particles = [start(Trajectory(), 0, i, "smc") for i in range(n)]
-        log_weights = np.zeros(n)
-        weighed = [0] * n  # tokens of each particle already in its weight
+        particles = [start(Trajectory(), 0, i, "smc") for i in range(config.particles)]
+        log_weights = np.zeros(config.particles)
+        weighed = [0] * config.particles  # tokens of each particle already in its weight
         streamed = 0
         try:
             for block in range(1, config.num_blocks + 1):
@@ -184,14 +190,17 @@ class PowerSMCSampler:
                 # 2. Resample when the weights have degenerated: an ancestor's first copy keeps
                 #    its stream, every other copy is a new request from the ancestor's tokens up to
                 #    the horizon (a prefix-cache hit), and the streams no copy keeps are aborted.
+                #    Where the load chose N and has grown since, resample to fewer (load_share).
                 ess = effective_sample_size(log_weights)
-                if ess < config.resample_threshold * n:
+                keep = self._load_share(config, particles)
+                if ess < config.resample_threshold * len(particles) or keep < len(particles):
                     stats.resamples += 1
                     stats.min_ess = ess if stats.min_ess is None else min(stats.min_ess, ess)
-                    if config.resampling == "chopthin":
+                    if config.resampling == "chopthin" and keep == len(particles):
                         ancestors, resampled = chopthin_resample(log_weights, rng)
                     else:
-                        ancestors, resampled = systematic_resample(log_weights, rng), np.zeros(n)
+                        ancestors = systematic_resample(log_weights, rng, keep)
+                        resampled = np.zeros(keep)
                     kept: set[int] = set()
                     survivors = []
                     for slot, a in enumerate(ancestors):
@@ -228,9 +237,10 @@ class PowerSMCSampler:
                     streamed = shared
 
             w = np.exp(log_weights - log_weights.max())
-            answer = particles[int(rng.choice(n, p=w / w.sum()))].trajectory
+            answer = particles[int(rng.choice(len(particles), p=w / w.sum()))].trajectory
         finally:
             await _stop_all(particles)
+        stats.final_particles = len(particles)
         stats.normaliser_error_bound = sum(answer.zeta_bounds)
         if stats.min_ess is None:
             stats.min_ess = effective_sample_size(log_weights)
@@ -241,6 +251,15 @@ class PowerSMCSampler:
             finish_reason="stop" if answer.ended else "length",
             stats=stats,
         )
+
+    def _load_share(self, config: PowerConfig, particles: Sequence[_ParticleStream]) -> int:
+        """The particles to keep now: all of them unless the load chose N (config.follow_load)
+        and the engine's other sequences have since grown into the room."""
+        if config.follow_load is None:
+            return len(particles)
+        mine = sum(not p.finished for p in particles)
+        others = max(0, self.engine.num_running_requests() - mine)
+        return config.follow_load.keep(len(particles), others)
 
 
 class _ParticleStream:

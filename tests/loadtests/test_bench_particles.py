@@ -15,6 +15,7 @@ from loadtests.bench_particles import (
     ratios,
     readme_table,
     resubmitted,
+    row_of,
     sustained_configs,
     table,
 )
@@ -153,3 +154,24 @@ def test_the_picture_is_drawn_from_the_report(tmp_path: Path) -> None:
     report = {"one_at_a_time": rows(False), "all_at_once": rows(True)}
     path = plot(report, tmp_path / "bench_particles.png")
     assert png_size(path) == (1320, 576)
+
+
+def test_a_row_counts_the_engines_prefill_and_the_particles_let_go() -> None:
+    """vLLM's counters over a row: prompt tokens less those the prefix cache held, per token the
+    engine decoded; and the N each answer started and ended with."""
+    answer = {
+        "latency_s": 1.0,
+        "usage": {"completion_tokens": 10},
+        "self_reward": {"mean_logprob": -1.0},
+        "power": {"tokens_generated": 40, "particles": 8, "final_particles": 4},
+    }
+    engine = {
+        "vllm:prompt_tokens_total": 300.0,
+        "vllm:prompt_tokens_cached_total": 100.0,
+        "vllm:generation_tokens_total": 50.0,
+    }
+    row = row_of([answer, answer], 2.0, 0.0, engine)
+    assert row["engine_decoded_tokens_per_s"] == 25.0
+    assert row["engine_prefilled_per_decoded_token"] == 4.0
+    assert (row["particles_chosen"], row["particles_at_end"]) == ({8: 2}, {4: 2})
+    assert "engine_decoded_tokens_per_s" not in row_of([answer], None, 0.0)

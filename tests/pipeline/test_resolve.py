@@ -15,7 +15,7 @@ from service.errors import ContextLengthError, InvalidRequestError, TokenBudgetE
 from service.generation import GenerationRequest
 from service.pipeline import POWER_FIELDS, ModelRoute, RouteKind, resolve
 from service.pipeline.latency import LatencyEstimates
-from service.power import PowerChoice
+from service.power import FollowLoad, PowerChoice
 
 INFO = EngineInfo(model_id="m", max_model_len=4096, vocab_size=8, eos_token_ids=frozenset({3}))
 PLAIN = ModelRoute("m", RouteKind.PLAIN, "m")
@@ -120,12 +120,25 @@ def test_particles_fill_the_room_in_the_engines_batch(load: int, particles: int)
     resolved = resolve(POWER, REQUEST, ADAPTIVE, INFO, load=load)
     assert resolved.power is not None and resolved.power.particles == particles
     assert resolved.power_choice == PowerChoice("load", engine_load=load)
+    # ... and keeps following it while the answer runs, within the same room and floor.
+    assert resolved.power.follow_load == FollowLoad(fewest=4, room=16)
+
+
+@pytest.mark.parametrize(
+    ("particles", "others", "kept"),
+    [(8, 0, 8), (8, 8, 8), (8, 10, 6), (8, 16, 4), (8, 400, 4), (2, 400, 2), (4, 0, 4)],
+)
+def test_an_answer_lets_particles_go_as_the_load_grows(particles: int, others: int, kept: int) -> None:
+    """The room less the other sequences, never more than it has nor fewer than the floor (or its
+    own N, where a budget set that lower)."""
+    assert FollowLoad(fewest=4, room=16).keep(particles, others) == kept
 
 
 def test_what_the_load_does_not_choose() -> None:
     seeded = resolve(POWER, replace(REQUEST, seed=7), ADAPTIVE, INFO, load=0)
     assert seeded.power is not None and seeded.power.particles == ADAPTIVE.power_particles
     assert seeded.power_choice == PowerChoice("seed")  # the same seed, the same answer, any load
+    assert seeded.power.follow_load is None
     asked = resolve(POWER, replace(REQUEST, power_particles=2), ADAPTIVE, INFO, load=0)
     assert asked.power is not None and asked.power.particles == 2
     assert asked.power_choice == PowerChoice("request")
@@ -145,6 +158,7 @@ def test_the_loads_choice_never_breaks_the_servers_token_budget() -> None:
     resolved = resolve(POWER, request, tight, INFO, load=0)
     assert resolved.power is not None and resolved.power.particles == 4
     assert resolved.power_choice == PowerChoice("default")
+    assert resolved.power.follow_load is None
 
 
 @pytest.mark.parametrize(("budget", "particles"), [(1.0, 1), (3.5, 3), (100.0, 8)])

@@ -236,6 +236,25 @@ def test_particles_follow_the_engines_load_and_the_budget(tiny_service) -> None:
     assert after == budget_before + 1
 
 
+def test_particles_chosen_by_the_load_are_let_go_when_it_grows(tiny_service) -> None:
+    """The load that chose N can grow while the answer runs: here three choices of one request,
+    each given 8 particles on an idle engine (16 less 0 in flight), find 16 more sequences in the
+    batch at their first block's end and keep 4 (16 less 16, at least power_particles). A seeded
+    request's N stays fixed, since its answer must not depend on the load; the metric counts the
+    particles let go."""
+    client = openai.OpenAI(base_url=tiny_service.base_url, api_key="unused", max_retries=0)
+    shed_before = tiny_service.metric("powerserve_power_smc_particles_shed_total")
+    params = {"power_method": "smc", "n": 3, "block_size": 1, "max_tokens": 6}
+    report = power_completion(client, **params).model_extra["power"]
+    assert (report["particles"], report["chosen_by"], report["engine_load"]) == (8, "load", 0)
+    assert report["final_particles"] == 4
+    shed = tiny_service.metric("powerserve_power_smc_particles_shed_total") - shed_before
+    assert 4 <= shed <= 3 * 4
+    seeded = power_completion(client, seed=5, **params).model_extra["power"]
+    assert (seeded["particles"], seeded["final_particles"], seeded["chosen_by"]) == (4, 4, "seed")
+    assert tiny_service.metric("powerserve_power_smc_particles_shed_total") == shed_before + shed
+
+
 def test_a_latency_target_sizes_the_answer_from_what_answers_took(tiny_service) -> None:
     """After answers have run, a target of a sliver of what one particle took gets one particle
     (plain sampling at 1/alpha), a generous one the route's own choice; both report what the route

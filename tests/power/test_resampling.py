@@ -47,6 +47,22 @@ def test_systematic_keeps_each_weight_in_expectation() -> None:
     assert weight_kept(systematic, LOG_WEIGHTS, RUNS) == pytest.approx(expected, rel=0.05, abs=2e-3)
 
 
+@pytest.mark.parametrize("size", [1, 2, 3, 5])
+def test_systematic_to_fewer_particles_keeps_each_weight(size: int) -> None:
+    """Resampling N = 6 to fewer (an answer letting particles go as the load grows): each index
+    appears floor or ceil of size * w times, so its share of the copies is its weight on average."""
+    rng = np.random.default_rng(size)
+    w = np.exp(LOG_WEIGHTS) / np.exp(LOG_WEIGHTS).sum()
+    share = np.zeros(len(w))
+    for _ in range(RUNS):
+        counts = np.bincount(systematic_resample(LOG_WEIGHTS, rng, size), minlength=len(w))
+        assert counts.sum() == size
+        assert (counts >= np.floor(size * w)).all() and (counts <= np.ceil(size * w)).all()
+        share += counts / size
+    # A share's standard error is at most 0.5 / sqrt(RUNS) = 0.0035: four of them.
+    assert share / RUNS == pytest.approx(w, abs=0.014)
+
+
 @pytest.mark.parametrize("seed", range(20))
 def test_chopthin_bounds_the_weights_ratio_and_the_copies(seed: int) -> None:
     rng = np.random.default_rng(seed)
