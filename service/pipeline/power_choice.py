@@ -23,9 +23,15 @@ from dataclasses import replace
 
 from service.config import Settings
 from service.errors import InvalidRequestError
-from service.power import PowerChoice, PowerConfig
+from service.power import FollowLoad, PowerChoice, PowerConfig
 
-__all__ = ["default_particles", "fit_budget"]
+__all__ = ["default_particles", "fit_budget", "load_share"]
+
+
+def load_share(settings: Settings) -> FollowLoad:
+    """The room in the engine's batch, and the fewest particles a load-sized answer runs: what
+    sizes its N at admission and what it keeps while it runs."""
+    return FollowLoad(fewest=settings.power_particles, room=settings.power_batch_room)
 
 
 def default_particles(settings: Settings, *, load: int, seeded: bool) -> tuple[int, PowerChoice]:
@@ -35,8 +41,7 @@ def default_particles(settings: Settings, *, load: int, seeded: bool) -> tuple[i
         return low, PowerChoice("default")
     if seeded:  # the same seed must give the same answer, whatever else the engine runs
         return low, PowerChoice("seed")
-    room = settings.power_batch_room - load
-    return min(high, max(low, room)), PowerChoice("load", engine_load=load)
+    return load_share(settings).keep(high, load), PowerChoice("load", engine_load=load)
 
 
 def fit_budget(

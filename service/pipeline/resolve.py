@@ -19,8 +19,8 @@ from service.errors import ContextLengthError, InvalidRequestError, TokenBudgetE
 from service.generation import GenerationRequest
 from service.pipeline.catalog import ModelRoute, RouteKind
 from service.pipeline.latency import LatencyEstimates, fit_latency
-from service.pipeline.power_choice import default_particles, fit_budget
-from service.power import FollowLoad, PowerChoice, PowerConfig
+from service.pipeline.power_choice import default_particles, fit_budget, load_share
+from service.power import PowerChoice, PowerConfig
 
 __all__ = ["POWER_FIELDS", "ResolvedRequest", "resolve"]
 
@@ -252,10 +252,7 @@ def _power_config(
             config, choice, request.power_latency_target, latency or LatencyEstimates()
         )
     if choice.chosen_by == "load":  # and keeps following it while the answer runs
-        config = replace(
-            config,
-            follow_load=FollowLoad(fewest=settings.power_particles, room=settings.power_batch_room),
-        )
+        config = replace(config, follow_load=load_share(settings))
     return config, choice
 
 
