@@ -116,6 +116,8 @@ def configs(alpha: float, *, concurrent: bool) -> dict[str, dict[str, Any]]:
         for n in (8, 16):
             rows[f"floor: plain n={n}"] = {"model": "plain", "n": n, "temperature": 1 / alpha}
     rows["smc N=4"] = power | {"power_particles": 4}
+    # The same, resampling only where a copy prefills at most one block (power_resample_at).
+    rows["smc N=4, kv_block"] = rows["smc N=4"] | {"power_resample_at": "kv_block"}
     if not concurrent:
         rows["smc N=8"] = power | {"power_particles": 8}
         rows["smc N=16"] = power | {"power_particles": 16}
@@ -217,12 +219,14 @@ async def all_at_once(
 
 
 def sustained_configs(alpha: float, max_tokens: int) -> dict[str, dict[str, Any]]:
-    """Rows of (iii): SMC at N = 4, its floor, and SMC at N = 4 with one block (it never
-    resamples: what held particles decode at, the cost of resampling apart)."""
+    """Rows of (iii): SMC at N = 4, its floor, SMC at N = 4 resampling at KV-block horizons only,
+    and SMC at N = 4 with one block (it never resamples: what held particles decode at, the cost of
+    resampling apart)."""
     rows = configs(alpha, concurrent=True)
     return {
         "floor: plain n=4": rows["floor: plain n=4"],
         "smc N=4": rows["smc N=4"],
+        "smc N=4, kv_block": rows["smc N=4, kv_block"],
         "smc N=4, one block": rows["smc N=4"] | {"block_size": max_tokens},
     }
 
@@ -318,6 +322,20 @@ def ratios(
         / rate(many, "floor: plain n=4"),
         "smc N=4 generated tok/s / plain n=4 tok/s (8 in flight, sustained)": rate(kept, "smc N=4")
         / rate(kept, "floor: plain n=4"),
+        "smc N=4 kv_block generated tok/s / plain n=4 tok/s (8 at once, one burst)": rate(
+            many, "smc N=4, kv_block"
+        )
+        / rate(many, "floor: plain n=4"),
+        "smc N=4 kv_block generated tok/s / plain n=4 tok/s (8 in flight, sustained)": rate(
+            kept, "smc N=4, kv_block"
+        )
+        / rate(kept, "floor: plain n=4"),
+        "smc N=4 kv_block p50 / floor n=4 (one at a time)": p50(one, "smc N=4, kv_block")
+        / p50(one, "floor: plain n=4"),
+        "smc N=4 kv_block self-reward - N=4 self-reward (one at a time)": one["smc N=4, kv_block"][
+            "self_reward"
+        ]
+        - one["smc N=4"]["self_reward"],
         "smc N=4 one block (no resampling) tok/s / plain n=4 tok/s (8 in flight, sustained)": rate(
             kept, "smc N=4, one block"
         )

@@ -2,10 +2,10 @@
 (and ``importance_law``, the same for the constrained sampler, one block and no resampling).
 
 ``smc_law`` runs the algorithm of service/power/smc.py (blocks of B tokens, incremental log-weights
-zeta_t, systematic resampling when ESS < threshold * N and more blocks follow, one final particle
-drawn by weight) many times over the exact next-token log-probs of an enumerable model, with no
-engine, and returns the empirical law of its answers. Its own sampling noise is what the exactness
-test adds to its bound (``runs`` large keeps it small).
+zeta_t, systematic resampling when ESS < threshold * N at a horizon where it may resample and more
+blocks follow, one final particle drawn by weight) many times over the exact next-token log-probs
+of an enumerable model, with no engine, and returns the empirical law of its answers. Its own
+sampling noise is what the exactness test adds to its bound (``runs`` large keeps it small).
 
 Two variants that the served sampler does not run, measured by ``make bench-fidelity`` (issue 22):
 
@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Literal
 
 import numpy as np
@@ -51,8 +51,11 @@ def smc_law(
     ramp_tokens: int = 0,
     resampling: Literal["systematic", "chopthin"] = "systematic",
     eta: float = CHOPTHIN_ETA,
+    resample_horizons: Collection[int] | None = None,
 ) -> dict[Answer, float]:
-    """The empirical law of ``runs`` independent Power-SMC answers, all runs simulated at once."""
+    """The empirical law of ``runs`` independent Power-SMC answers, all runs simulated at once.
+    ``resample_horizons``: the only horizons where it may resample (None: every block's; the
+    served sampler's PowerConfig.may_resample)."""
     rng = np.random.default_rng(seed)
     # Every reachable prefix gets an id; per id: q(. | prefix), zeta, and whether it has ended.
     prefixes: list[Answer] = [()]
@@ -113,6 +116,8 @@ def smc_law(
         previous = horizon
         if block == num_blocks:
             break
+        if resample_horizons is not None and horizon not in resample_horizons:
+            continue
         # 2. resampling of the runs whose ESS fell below the threshold
         w = np.exp(logw - logw.max(axis=1, keepdims=True))
         ess = w.sum(axis=1) ** 2 / (w**2).sum(axis=1)

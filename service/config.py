@@ -341,6 +341,13 @@ class PowerSettings(_SettingsGroup):
         "weight) or chopthin (thin light particles, chop heavy ones, weights kept within a ratio). "
         "A request's power_resampling overrides.",
     )
+    power_resample_at: Literal["block", "kv_block"] = Field(
+        "block",
+        description="Where SMC may resample: at every block's horizon (block), or only where a "
+        "copy's prompt ends at most one block past a whole KV-cache block (kv_block: a copy then "
+        "prefills at most block_size tokens, not up to kv_block_size). A request's "
+        "power_resample_at overrides.",
+    )
     power_held_particles: bool = Field(
         True,
         description="Each SMC particle is one engine request for the whole answer. False re-submits "

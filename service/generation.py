@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from service.engines.base import Constraint
-from service.power import PowerMethod, PowerReport, Resampling, SamplerStats
+from service.power import PowerMethod, PowerReport, ResampleAt, Resampling, SamplerStats
 
 __all__ = ["Choice", "ChoiceDelta", "GenerationRequest", "GenerationResult", "SelfReward"]
 
@@ -47,6 +47,8 @@ class GenerationRequest:
     power_latency_target: float | None = None
     # How SMC resamples (None: the operator's default).
     power_resampling: Resampling | None = None
+    # Where SMC may resample (None: the operator's default).
+    power_resample_at: ResampleAt | None = None
     # Structured outputs (response_format, or a tool call the request requires).
     constraint: Constraint | None = None
     # The request field the constraint came from, for error messages.

@@ -35,6 +35,7 @@ POWER_FIELDS = (
     "power_budget",
     "power_latency_target",
     "power_resampling",
+    "power_resample_at",
 )
 # PowerConfig fields -> the request parameters that set them, for error messages.
 _POWER_PARAMS = {
@@ -43,6 +44,7 @@ _POWER_PARAMS = {
     "method": "power_method",
     "particles": "power_particles",
     "resampling": "power_resampling",
+    "resample_at": "power_resample_at",
 }
 
 
@@ -206,7 +208,7 @@ def _power_config(
                     param=name,
                 )
     else:
-        for name in ("power_particles", "power_resampling"):
+        for name in ("power_particles", "power_resampling", "power_resample_at"):
             if getattr(request, name) is not None:
                 raise InvalidRequestError(f"`{name}` applies to power_method `smc`.", param=name)
     # The sampler's size: the request's own (power_particles or mcmc_steps), else the route's.
@@ -231,6 +233,8 @@ def _power_config(
             mcmc_steps=settings.power_mcmc_steps if request.mcmc_steps is None else request.mcmc_steps,
             particles=particles,
             resampling=request.power_resampling or settings.power_resampling,
+            resample_at=request.power_resample_at or settings.power_resample_at,
+            kv_block=settings.kv_block_size,
             held_particles=settings.power_held_particles,
             block_size=request.block_size,
             top_logprobs=settings.power_top_logprobs,

@@ -4,10 +4,12 @@ grammar accepts by importance sampling (constrained.py), behind one interface.""
 
 from service.power.config import (
     POWER_METHODS,
+    RESAMPLE_POINTS,
     RESAMPLING_SCHEMES,
     FollowLoad,
     PowerConfig,
     PowerMethod,
+    ResampleAt,
     Resampling,
 )
 from service.power.constrained import ConstrainedPowerSampler
@@ -21,6 +23,7 @@ from service.power.smc import PowerSMCSampler
 
 __all__ = [
     "POWER_METHODS",
+    "RESAMPLE_POINTS",
     "RESAMPLING_SCHEMES",
     "ChosenBy",
     "ConstrainedPowerSampler",
@@ -32,6 +35,7 @@ __all__ = [
     "PowerReport",
     "PowerSMCSampler",
     "PowerSample",
+    "ResampleAt",
     "Resampling",
     "Sampler",
     "SamplerStats",

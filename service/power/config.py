@@ -10,10 +10,12 @@ from service.engines.base import Constraint
 
 __all__ = [
     "POWER_METHODS",
+    "RESAMPLE_POINTS",
     "RESAMPLING_SCHEMES",
     "FollowLoad",
     "PowerConfig",
     "PowerMethod",
+    "ResampleAt",
     "Resampling",
 ]
 
@@ -21,6 +23,8 @@ PowerMethod = Literal["mh", "smc"]
 POWER_METHODS: tuple[PowerMethod, ...] = ("mh", "smc")
 Resampling = Literal["systematic", "chopthin"]
 RESAMPLING_SCHEMES: tuple[Resampling, ...] = ("systematic", "chopthin")
+ResampleAt = Literal["block", "kv_block"]
+RESAMPLE_POINTS: tuple[ResampleAt, ...] = ("block", "kv_block")
 
 
 @dataclass(frozen=True)
@@ -72,6 +76,12 @@ class PowerConfig:
     particles: int = 4
     resample_threshold: float = 0.5
     resampling: Resampling = "systematic"
+    # SMC: the horizons where it may resample. "block": every block's. "kv_block": only those where
+    # a copy's prompt ends at most one block past a whole block of the engine's prefix cache
+    # (kv_block tokens), so that a copy prefills at most block_tokens tokens, not up to kv_block;
+    # the weights are still updated every block (may_resample).
+    resample_at: ResampleAt = "block"
+    kv_block: int | None = None
     # SMC: one engine request per particle for the whole answer (smc.py). False re-submits every
     # growing particle as a new request each block, as the sampler did before; the same law, kept
     # so that make bench-particles can measure the two in one run.
@@ -111,6 +121,12 @@ class PowerConfig:
             raise ValueError(
                 f"resampling must be one of {', '.join(RESAMPLING_SCHEMES)}, got {self.resampling!r}"
             )
+        if self.resample_at not in RESAMPLE_POINTS:
+            raise ValueError(
+                f"resample_at must be one of {', '.join(RESAMPLE_POINTS)}, got {self.resample_at!r}"
+            )
+        if self.kv_block is not None and self.kv_block < 1:
+            raise ValueError(f"kv_block must be >= 1, got {self.kv_block}")
         if not 0 <= self.resample_threshold <= 1:
             raise ValueError(f"resample_threshold must be in [0, 1], got {self.resample_threshold}")
         if self.method == "smc" and math.isinf(self.alpha):
@@ -138,6 +154,20 @@ class PowerConfig:
     def horizon(self, block: int) -> int:
         """Length limit of answers during block ``block`` (1-based): its last position."""
         return min(block * self.block_tokens, self.max_tokens)
+
+    def may_resample(self, prompt_tokens: int, horizon: int) -> bool:
+        """Whether SMC may resample at ``horizon`` of an answer to a prompt of ``prompt_tokens``.
+
+        A copy is a new request whose prompt is the prompt and the ancestor's first ``horizon``
+        tokens; the prefix cache serves its whole kv_block-token blocks but the last token, and the
+        engine prefills the rest (1 to kv_block tokens). With "kv_block", only horizons where that
+        rest is at most one SMC block qualify (one in kv_block / block_tokens horizons). Particles
+        re-submitted every block prefill anyway: for them every horizon qualifies."""
+        if self.resample_at == "block" or self.kv_block is None or not self.held_particles:
+            return True
+        prompt = prompt_tokens + horizon
+        uncached = prompt - (prompt - 1) // self.kv_block * self.kv_block
+        return uncached <= self.block_tokens
 
     @property
     def proposal_temperature(self) -> float:

@@ -97,6 +97,7 @@ class PowerReport:
     predicted_latency_s: float | None = None
     # SMC: how it resampled.
     resampling: str | None = None
+    resample_at: str | None = None
 
     @classmethod
     def summarise(
@@ -133,6 +134,7 @@ class PowerReport:
             finals = [run.final_particles for run in runs if run.final_particles is not None]
             report.final_particles = min(finals, default=config.particles)
             report.resampling = config.resampling
+            report.resample_at = config.resample_at
             report.resamples = sum(run.resamples for run in runs)
             report.min_ess = min(ess, default=None)
         return report
@@ -140,7 +142,7 @@ class PowerReport:
     def to_json(self) -> dict[str, Any]:
         """The response's ``power`` object: the fields of the method that ran (alpha = inf as "inf")."""
         mh = ("mcmc_steps", "stream_lag", "proposals", "accepted", "acceptance_rate")
-        smc = ("particles", "final_particles", "resamples", "min_ess", "resampling")
+        smc = ("particles", "final_particles", "resamples", "min_ess", "resampling", "resample_at")
         skip = smc if self.method == "mh" else mh
         optional = ("engine_load", "budget", "latency_target", "predicted_latency_s")
         unset = {k for k in optional if getattr(self, k) is None}

@@ -27,6 +27,10 @@ With N particles, all log-weights w_i = 0, and blocks b = 1..K of B tokens (hori
                 aborted. Re-submitting every particle every block, as before, cost a prefill and a
                 scheduling round trip per particle per block (DESIGN.md section 14); it is kept
                 (PowerConfig.held_particles = False) to be measured against.
+                A copy prefills the part of its prompt past the prefix cache's last whole block
+                (1 to kv_block tokens). With PowerConfig.resample_at = "kv_block", degenerate
+                weights wait (growing, reweighted every block) for a horizon where that part is
+                at most one block, so that a copy costs at most B tokens of prefill.
                 Where the engine's load chose N (PowerConfig.follow_load), the answer also lets
                 particles go when the load has grown since: it resamples, whatever the ESS, to
                 the fewer particles the room left allows (systematic: N' ancestors ∝ e^w, equal
@@ -191,9 +195,13 @@ class PowerSMCSampler:
                 #    its stream, every other copy is a new request from the ancestor's tokens up to
                 #    the horizon (a prefix-cache hit), and the streams no copy keeps are aborted.
                 #    Where the load chose N and has grown since, resample to fewer (load_share).
+                #    With resample_at "kv_block", degenerate weights wait for a horizon where the
+                #    copies' prompts end just past a whole prefix-cache block (may_resample).
                 ess = effective_sample_size(log_weights)
+                degenerate = ess < config.resample_threshold * len(particles)
+                due = degenerate and config.may_resample(len(prompt_ids), horizon)
                 keep = self._load_share(config, particles)
-                if ess < config.resample_threshold * len(particles) or keep < len(particles):
+                if due or keep < len(particles):
                     stats.resamples += 1
                     stats.min_ess = ess if stats.min_ess is None else min(stats.min_ess, ess)
                     if config.resampling == "chopthin" and keep == len(particles):

@@ -296,6 +296,7 @@ class _SamplingFields(CheckedRequest):
     power_budget: Annotated[float, Field(ge=1, allow_inf_nan=False)] | None = None
     power_latency_target: Annotated[float, Field(gt=0, le=3600, allow_inf_nan=False)] | None = None
     power_resampling: Literal["systematic", "chopthin"] | None = None
+    power_resample_at: Literal["block", "kv_block"] | None = None
 
     @field_validator("stop")
     @classmethod
@@ -365,6 +366,7 @@ class _SamplingFields(CheckedRequest):
             power_budget=self.power_budget,
             power_latency_target=self.power_latency_target,
             power_resampling=self.power_resampling,
+            power_resample_at=self.power_resample_at,
             prompt_param=prompt_param,
             constraint=constraint[0] if constraint else None,
             constraint_param=constraint[1] if constraint else "response_format",

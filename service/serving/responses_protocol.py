@@ -208,6 +208,7 @@ class ResponseCreateRequest(CheckedRequest):
     power_budget: float | None = None
     power_latency_target: float | None = None
     power_resampling: str | None = None
+    power_resample_at: str | None = None
 
     @field_validator("tools", mode="before")
     @classmethod

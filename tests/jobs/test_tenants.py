@@ -42,6 +42,11 @@ def _batch_file(client: openai.OpenAI, lines: int = 2, max_tokens: int = 2) -> s
     return client.files.create(file=("batch.jsonl", body.encode()), purpose="batch").id
 
 
+def _completed(client: openai.OpenAI, batch_id: str) -> int:
+    counts = client.batches.retrieve(batch_id).request_counts
+    return counts.completed if counts is not None else 0
+
+
 def _not_found(call: Callable[[], Any]) -> None:
     with pytest.raises(openai.NotFoundError) as caught:
         call()
@@ -181,6 +186,11 @@ def test_a_large_batch_does_not_make_another_projects_batch_wait(jobs_gateway: J
     large = alice.batches.create(
         input_file_id=large_file, endpoint="/v1/completions", completion_window="24h"
     )
+    # Blue asks once red's lines are being answered (a batch still validating is not in the way).
+    deadline = time.monotonic() + 60
+    while _completed(alice, large.id) == 0:
+        assert time.monotonic() < deadline, "red's batch never started"
+        time.sleep(0.05)
     small = bob.batches.create(
         input_file_id=small_file, endpoint="/v1/completions", completion_window="24h"
     )

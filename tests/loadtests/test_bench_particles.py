@@ -51,10 +51,12 @@ def one_at_a_time_rows() -> dict[str, dict[str, Any]]:
 
 
 def sustained_rows() -> dict[str, dict[str, Any]]:
-    """The floor at 100 generated tokens/s, SMC at 93, SMC that never resamples at 101."""
+    """The floor at 100 generated tokens/s, SMC at 93 (97 resampling at KV-block horizons), SMC
+    that never resamples at 101."""
     return {
         "floor: plain n=4": rows(True)["floor: plain n=4"] | {"generated_tokens_per_s": 100.0},
         "smc N=4": rows(True)["smc N=4"] | {"generated_tokens_per_s": 93.0},
+        "smc N=4, kv_block": rows(True)["smc N=4"] | {"generated_tokens_per_s": 97.0},
         "smc N=4, one block": rows(True)["smc N=4"] | {"generated_tokens_per_s": 101.0},
     }
 
@@ -98,6 +100,11 @@ def test_each_target_is_the_ratio_of_the_rows_it_names() -> None:
     assert found["smc N=4 generated tok/s / plain n=4 tok/s (8 in flight, sustained)"] == pytest.approx(
         0.93
     )
+    kv_block = "smc N=4 kv_block generated tok/s / plain n=4 tok/s (8 in flight, sustained)"
+    assert found[kv_block] == pytest.approx(0.97)
+    assert found["smc N=4 kv_block self-reward - N=4 self-reward (one at a time)"] == pytest.approx(
+        one["smc N=4, kv_block"]["self_reward"] - one["smc N=4"]["self_reward"]
+    )
     no_resampling = "smc N=4 one block (no resampling) tok/s / plain n=4 tok/s (8 in flight, sustained)"
     assert found[no_resampling] == pytest.approx(1.01)
     assert found["smc N=16 p50 / floor n=16 (one at a time)"] == pytest.approx(
@@ -117,7 +124,8 @@ def test_each_target_is_the_ratio_of_the_rows_it_names() -> None:
 
 def test_the_sustained_part_sets_smc_apart_from_its_resampling() -> None:
     rows = sustained_configs(4.0, max_tokens=64)
-    assert list(rows) == ["floor: plain n=4", "smc N=4", "smc N=4, one block"]
+    assert list(rows) == ["floor: plain n=4", "smc N=4", "smc N=4, kv_block", "smc N=4, one block"]
+    assert rows["smc N=4, kv_block"] == rows["smc N=4"] | {"power_resample_at": "kv_block"}
     assert rows["floor: plain n=4"]["n"] == 4
     # One block as long as the answer: the weights are compared once, at the end, so it never
     # resamples; otherwise the same request as SMC at N = 4.

@@ -37,6 +37,7 @@ POWER_VALUES: dict[str, Any] = {
     "power_budget": 2.0,
     "power_latency_target": 5.0,
     "power_resampling": "chopthin",
+    "power_resample_at": "kv_block",
 }
 
 
@@ -242,6 +243,17 @@ def test_power_resampling_is_smc_only_and_defaults_to_the_settings() -> None:
     default = resolve(POWER, REQUEST, Settings(power_resampling="chopthin"), INFO)
     assert default.power is not None and default.power.resampling == "chopthin"
     assert resolve(POWER, REQUEST, SETTINGS, INFO).power.resampling == "systematic"  # type: ignore[union-attr]
+
+
+def test_power_resample_at_is_smc_only_and_knows_the_kv_block() -> None:
+    assert refused(POWER, replace(REQUEST, power_method="mh", power_resample_at="kv_block")) == (
+        "power_resample_at"
+    )
+    asked = resolve(POWER, replace(REQUEST, power_resample_at="kv_block"), SETTINGS, INFO).power
+    assert asked is not None and (asked.resample_at, asked.kv_block) == ("kv_block", 32)
+    default = resolve(POWER, REQUEST, Settings(power_resample_at="kv_block", kv_block_size=64), INFO)
+    assert default.power is not None
+    assert (default.power.resample_at, default.power.kv_block) == ("kv_block", 64)
 
 
 def test_particles_are_refused_with_mh() -> None:

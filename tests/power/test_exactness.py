@@ -62,10 +62,15 @@ def sampler_law(
 
 
 def draw(
-    service: ServiceProcess, model: str, requests: int, n: int = PER_REQUEST, **params: object
+    service: ServiceProcess,
+    model: str,
+    requests: int,
+    n: int = PER_REQUEST,
+    prompt: tuple[int, ...] = TINY_PROMPT,
+    **params: object,
 ) -> list[tuple[int, ...]]:
     """Answers (token ids, EOS included) from ``requests`` concurrent requests of ``n`` each."""
-    body = {"model": model, "prompt": list(TINY_PROMPT), "max_tokens": HORIZON, "n": n}
+    body = {"model": model, "prompt": list(prompt), "max_tokens": HORIZON, "n": n}
     body |= {"logprobs": 0, **params}
 
     async def run() -> list[dict]:

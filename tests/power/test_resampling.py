@@ -10,6 +10,7 @@ import math
 import numpy as np
 import pytest
 
+from service.power import PowerConfig
 from service.power.smc import CHOPTHIN_ETA, chopthin_resample, systematic_resample
 
 # One heavy particle, some middling, some light: every branch of chopthin (chop, keep, thin).
@@ -96,3 +97,34 @@ def test_a_single_surviving_weight_takes_every_slot() -> None:
     ancestors, new_log_weights = chopthin_resample(log_weights, rng)
     assert ancestors.tolist() == [0, 0, 0, 0]
     assert np.isfinite(new_log_weights).all()
+
+
+@pytest.mark.parametrize(
+    ("prompt", "block", "horizons"),
+    [
+        (31, 1, [2, 34]),  # a 33-token prompt: 32 cached, 1 prefilled; at H = 1, all 32
+        (30, 4, [4, 36]),  # 34 and 66 tokens: 2 prefilled each; at H = 8, 6
+        (10, 4, [24, 56]),  # at H = 20 (30 tokens, one partial block) all 30
+        (0, 8, [8, 40]),  # the first block is 8 tokens, all prefilled; at 40, 8 past 32
+        (5, 32, [32, 64]),  # blocks as long as the KV block: every horizon qualifies
+    ],
+)
+def test_kv_block_resampling_horizons(prompt: int, block: int, horizons: list[int]) -> None:
+    """A copy at horizon H prefills the prompt's tokens past its last whole 32-token block but the
+    last token: resample_at = kv_block keeps the horizons where that is at most one block."""
+    config = PowerConfig(
+        max_tokens=64, method="smc", block_size=block, resample_at="kv_block", kv_block=32
+    )
+    found = [h for h in range(block, 65, block) if config.may_resample(prompt, h)]
+    assert found == horizons
+    every = PowerConfig(max_tokens=64, method="smc", block_size=block, kv_block=32)
+    assert all(every.may_resample(prompt, h) for h in range(block, 65, block))
+    resubmitted = PowerConfig(
+        max_tokens=64,
+        method="smc",
+        block_size=block,
+        resample_at="kv_block",
+        kv_block=32,
+        held_particles=False,
+    )
+    assert all(resubmitted.may_resample(prompt, h) for h in range(block, 65, block))

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Hashable, Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import openai
@@ -19,6 +20,7 @@ from loadtests.harness import ServiceProcess
 from loadtests.smc_reference import smc_law
 from loadtests.stats import empirical, total_variation, tv_bound
 from loadtests.tiny_model import EOS_ID, ExactModel
+from service.power import PowerConfig
 from tests.conftest import TINY_MODEL_NAME, TINY_PROMPT, start_service, tiny_engine_args
 from tests.power.test_exactness import ALPHA, HORIZON, draw
 
@@ -34,7 +36,7 @@ def exact(tiny_model_dir: Path) -> ExactModel:
     return ExactModel(tiny_model_dir, TINY_PROMPT)
 
 
-def reference_law(exact: ExactModel, *, horizon: int, particles: int, **options: str) -> dict:
+def reference_law(exact: ExactModel, *, horizon: int, particles: int, **options: Any) -> dict:
     """The reference Power-SMC's law over REFERENCE_RUNS runs, a block per token."""
     return smc_law(
         exact.next_logprobs,
@@ -125,6 +127,44 @@ def test_chopthin_law_matches_the_reference(tiny_service: ServiceProcess, exact:
     assert total_variation(found, law) <= bound
 
 
+def test_kv_block_resampling_law_matches_the_reference(
+    tiny_service: ServiceProcess, tiny_model_dir: Path
+) -> None:
+    """power_resample_at = kv_block on a 31-token prompt, with the engine's 32-token KV blocks and a
+    block per token: a copy started at horizon 1 would prefill 32 tokens (its 32-token prompt is
+    one block, never served whole from the cache), one at horizon 2 one token (33 tokens, a whole
+    block cached). So SMC may resample at horizon 2 only, and its law is the reference's run on
+    that schedule."""
+    prompt = (TINY_PROMPT * 16)[:31]
+    config = PowerConfig(
+        max_tokens=HORIZON, method="smc", block_size=1, resample_at="kv_block", kv_block=32
+    )
+    horizons = [h for h in range(1, HORIZON) if config.may_resample(len(prompt), h)]
+    assert horizons == [2]
+    particles, samples = 8, 384
+    law = reference_law(
+        ExactModel(tiny_model_dir, prompt),
+        horizon=HORIZON,
+        particles=particles,
+        resample_horizons=horizons,
+    )
+    found = served_law(
+        tiny_service,
+        particles=particles,
+        samples=samples,
+        prompt=prompt,
+        power_resample_at="kv_block",
+    )
+    bound = tv_bound(law, samples) + tv_bound(law, REFERENCE_RUNS)
+    logger.info(
+        "smc kv_block N=%d: TV to the reference %.4f (bound %.4f)",
+        particles,
+        total_variation(found, law),
+        bound,
+    )
+    assert total_variation(found, law) <= bound
+
+
 @pytest.fixture(scope="module")
 def resubmitting_service(
     tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path
@@ -168,7 +208,7 @@ def test_report_counts_particles_and_resampling(tiny_client: openai.OpenAI) -> N
     )
     report = result.model_extra["power"]
     assert report["method"] == "smc" and report["particles"] == 8
-    assert report["resampling"] == "systematic"
+    assert report["resampling"] == "systematic" and report["resample_at"] == "block"
     assert "proposals" not in report and "mcmc_steps" not in report
     # Ended particles cost nothing more: at most the N requests of max_tokens per choice, and the
     # copies each resampling point starts (their run-ahead past a horizon is the only waste).
@@ -176,6 +216,21 @@ def test_report_counts_particles_and_resampling(tiny_client: openai.OpenAI) -> N
     assert result.usage.completion_tokens <= report["tokens_generated"] <= 3 * worst
     assert report["resamples"] >= 1  # alpha 4 over 6 tokens: the weights degenerate
     assert 1 <= report["min_ess"] < 8 * 0.5
+    # Resampling only where a copy's prompt ends just past a whole 32-token KV block: none of the
+    # 2 + 1..5 tokens of this prompt's horizons does, so the weights are never reset.
+    aligned = tiny_client.completions.create(
+        model=POWER,
+        prompt="a b",
+        max_tokens=6,
+        seed=5,
+        extra_body={
+            "power_method": "smc",
+            "power_particles": 8,
+            "block_size": 1,
+            "power_resample_at": "kv_block",
+        },
+    ).model_extra["power"]
+    assert (aligned["resample_at"], aligned["resamples"]) == ("kv_block", 0)
 
 
 def test_choices_are_independent_runs(tiny_client: openai.OpenAI) -> None:
