@@ -178,6 +178,9 @@ def test_stream_with_usage_carries_the_power_report(tiny_client: openai.OpenAI) 
         ),
         ({"power_resampling": "multinomial"}, "power_resampling"),
         ({"power_method": "mh", "power_resampling": "chopthin"}, "power_resampling"),
+        ({"power_resample_at": "token"}, "power_resample_at"),
+        ({"power_resample_at": 32}, "power_resample_at"),
+        ({"power_method": "mh", "power_resample_at": "kv_block"}, "power_resample_at"),
     ],
 )
 def test_invalid_power_parameters_are_400(tiny_service, body: dict, param: str) -> None:
