@@ -42,6 +42,9 @@ import json
 import os
 import time
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -105,7 +108,13 @@ def parse_args() -> argparse.Namespace:
 
 def configs(alpha: float, *, concurrent: bool) -> dict[str, dict[str, Any]]:
     """Request parameters of each row ("model" names the route)."""
-    power = {"model": "power", "temperature": 1 / alpha, "power_method": "smc"}
+    # SMC rows name their resampling schedule, so that they stay what they are whatever the default.
+    power = {
+        "model": "power",
+        "temperature": 1 / alpha,
+        "power_method": "smc",
+        "power_resample_at": "block",
+    }
     rows: dict[str, dict[str, Any]] = {
         "plain": {"model": "plain"},
         "plain, temperature 1/alpha": {"model": "plain", "temperature": 1 / alpha},
@@ -138,7 +147,29 @@ def engine_counts(service: ServiceProcess) -> dict[str, float]:
     """vLLM's own counters, on the gateway's /metrics: prompt tokens prefilled, those of them the
     prefix cache held, and tokens decoded (those of aborted requests, a dropped particle's
     run-ahead, included)."""
-    return {name: service.metric(name) for name in ENGINE_COUNTERS}
+    return service.metrics(*ENGINE_COUNTERS)
+
+
+@dataclass
+class Spent:
+    """What a row has spent so far: wall seconds, the gateway's CPU seconds, and the change in
+    engine_counts."""
+
+    seconds: float = 0.0
+    cpu_s: float = 0.0
+    engine: dict[str, float] = field(default_factory=lambda: dict.fromkeys(ENGINE_COUNTERS, 0.0))
+
+
+@contextmanager
+def spending(service: ServiceProcess, spent: Spent) -> Iterator[Spent]:
+    """Add to ``spent`` what the service spends while the block runs."""
+    counts = engine_counts(service)
+    cpu_s, began = gateway_cpu_s(service.process.pid), time.monotonic()
+    yield spent
+    spent.seconds += time.monotonic() - began
+    spent.cpu_s += gateway_cpu_s(service.process.pid) - cpu_s
+    for name, value in engine_counts(service).items():
+        spent.engine[name] += value - counts[name]
 
 
 def row_of(
@@ -202,18 +233,14 @@ async def all_at_once(
 ) -> dict[str, dict[str, Any]]:
     out = {}
     for name, params in configs(args.alpha, concurrent=True).items():
-        counts = engine_counts(service)
-        before, began = gateway_cpu_s(service.process.pid), time.monotonic()
-        results = await asyncio.gather(
-            *(
-                ask(client, DEFAULT_MODEL_NAME, params, p, None, args.max_tokens)
-                for p in PROMPTS[:CONCURRENCY]
+        with spending(service, Spent()) as spent:
+            results = await asyncio.gather(
+                *(
+                    ask(client, DEFAULT_MODEL_NAME, params, p, None, args.max_tokens)
+                    for p in PROMPTS[:CONCURRENCY]
+                )
             )
-        )
-        seconds = time.monotonic() - began
-        cpu_s = gateway_cpu_s(service.process.pid) - before
-        engine = {k: v - counts[k] for k, v in engine_counts(service).items()}
-        out[name] = row_of(list(results), seconds, cpu_s, engine)
+        out[name] = row_of(list(results), spent.seconds, spent.cpu_s, spent.engine)
         print(f"(ii) {name}: {out[name]}", flush=True)
     return out
 
@@ -239,9 +266,7 @@ async def sustained(
     each, in turn, so that the drift of this shared machine falls on all of them alike."""
     rows = sustained_configs(args.alpha, args.max_tokens)
     results: dict[str, list[dict]] = {name: [] for name in rows}
-    seconds = dict.fromkeys(rows, 0.0)
-    cpu = dict.fromkeys(rows, 0.0)
-    engine = {name: dict.fromkeys(ENGINE_COUNTERS, 0.0) for name in rows}
+    spent = {name: Spent() for name in rows}
     for rep in range(args.reps):
         for name, params in rows.items():
 
@@ -253,16 +278,13 @@ async def sustained(
                     for p in prompts
                 ]
 
-            counts = engine_counts(service)
-            before, began = gateway_cpu_s(service.process.pid), time.monotonic()
-            per_client = await asyncio.gather(*(client_loop(k) for k in range(CONCURRENCY)))
-            seconds[name] += time.monotonic() - began
-            cpu[name] += gateway_cpu_s(service.process.pid) - before
-            for key, value in engine_counts(service).items():
-                engine[name][key] += value - counts[key]
+            with spending(service, spent[name]):
+                per_client = await asyncio.gather(*(client_loop(k) for k in range(CONCURRENCY)))
             results[name] += [r for answers in per_client for r in answers]
         print(f"(iii) turn {rep + 1} done", flush=True)
-    return {name: row_of(results[name], seconds[name], cpu[name], engine[name]) for name in rows}
+    return {
+        name: row_of(results[name], row.seconds, row.cpu_s, row.engine) for name, row in spent.items()
+    }
 
 
 def heldout_routes(alpha: float) -> dict[str, dict[str, Any]]:

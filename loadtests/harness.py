@@ -15,9 +15,14 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import httpx
+
+if TYPE_CHECKING:  # prometheus_client is imported where /metrics is read (not every venv has it)
+    from prometheus_client.samples import Sample
 
 __all__ = [
     "LOOPBACK",
@@ -123,14 +128,18 @@ class ServiceProcess:
     def metric(self, name: str, **labels: str) -> float:
         """A sample's value from /metrics (0 when absent): ``metric("powerserve_tokens_total",
         route="power", kind="generated")``."""
+        return _value(self._samples(), name, labels)
+
+    def metrics(self, *names: str) -> dict[str, float]:
+        """The first sample of each family named, from one read of /metrics (0 when absent)."""
+        samples = self._samples()
+        return {name: _value(samples, name, {}) for name in names}
+
+    def _samples(self) -> list[Sample]:
         from prometheus_client.parser import text_string_to_metric_families
 
         text = self.http.get(f"{self.url}/metrics", timeout=10).text
-        for family in text_string_to_metric_families(text):
-            for sample in family.samples:
-                if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
-                    return float(sample.value)
-        return 0.0
+        return [sample for family in text_string_to_metric_families(text) for sample in family.samples]
 
     def rss_mib(self) -> float:
         """The gateway process's resident memory (not its engine core's), in MiB."""
@@ -148,6 +157,13 @@ class ServiceProcess:
         stop_process_group(self.process)
         self.http.close()
         self._log.close()
+
+
+def _value(samples: list[Sample], name: str, labels: Mapping[str, str]) -> float:
+    for sample in samples:
+        if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+            return float(sample.value)
+    return 0.0
 
 
 def stop_process_group(process: subprocess.Popen) -> None:

@@ -195,10 +195,11 @@ class PowerSMCSampler:
                 #    its stream, every other copy is a new request from the ancestor's tokens up to
                 #    the horizon (a prefix-cache hit), and the streams no copy keeps are aborted.
                 #    Where the load chose N and has grown since, resample to fewer (load_share).
-                #    With resample_at "kv_block", degenerate weights wait for a horizon where the
-                #    copies' prompts end just past a whole prefix-cache block (may_resample).
+                #    With resample_at "kv_block", only at horizons where the copies' prompts end
+                #    just past a whole prefix-cache block (may_resample), and there unless the
+                #    weights are even (ess_threshold).
                 ess = effective_sample_size(log_weights)
-                degenerate = ess < config.resample_threshold * len(particles)
+                degenerate = ess < config.ess_threshold * len(particles)
                 due = degenerate and config.may_resample(len(prompt_ids), horizon)
                 keep = self._load_share(config, particles)
                 if due or keep < len(particles):

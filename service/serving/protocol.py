@@ -42,6 +42,7 @@ from service.errors import InvalidRequestError
 from service.generation import GenerationRequest
 from service.jobs import BATCH_ENDPOINTS, COMPLETION_WINDOWS, Hyperparameters
 from service.pipeline import CacheControl
+from service.power import PowerMethod, ResampleAt, Resampling
 
 __all__ = [
     "AnswerFormat",
@@ -287,7 +288,7 @@ class _SamplingFields(CheckedRequest):
     structured_outputs: StructuredOutputs | None = None
     cache: CacheFields | None = None
     # Power route (extra_body in the OpenAI SDK).
-    power_method: Literal["mh", "smc"] | None = None
+    power_method: PowerMethod | None = None
     power_particles: Annotated[int, Field(ge=1, le=256)] | None = None
     power_alpha: Annotated[float, Field(ge=1)] | None = None
     mcmc_steps: Annotated[int, Field(ge=0)] | None = None
@@ -295,8 +296,8 @@ class _SamplingFields(CheckedRequest):
     power_stream_lag: Annotated[int, Field(ge=0)] | None = None
     power_budget: Annotated[float, Field(ge=1, allow_inf_nan=False)] | None = None
     power_latency_target: Annotated[float, Field(gt=0, le=3600, allow_inf_nan=False)] | None = None
-    power_resampling: Literal["systematic", "chopthin"] | None = None
-    power_resample_at: Literal["block", "kv_block"] | None = None
+    power_resampling: Resampling | None = None
+    power_resample_at: ResampleAt | None = None
 
     @field_validator("stop")
     @classmethod

@@ -1,14 +1,17 @@
 """bench_particles' arithmetic and picture, on a report of made-up rows: every target is the ratio
-of the two rows it names, and the picture is drawn from the JSON alone (``--replot``)."""
+of the two rows it names, and the picture is drawn from the JSON alone (``--replot``); and what a
+row spent, read around real requests to the tiny service."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
+import openai
 import pytest
 
 from loadtests.bench_particles import (
+    Spent,
     configs,
     heldout_routes,
     plot,
@@ -16,10 +19,14 @@ from loadtests.bench_particles import (
     readme_table,
     resubmitted,
     row_of,
+    spending,
     sustained_configs,
     table,
 )
+from loadtests.bench_power import UNCACHED
+from loadtests.harness import ServiceProcess
 from service.config import DEFAULT_MODEL_NAME
+from tests.conftest import TINY_MODEL_NAME, TINY_PROMPT
 from tests.test_plotting import png_size
 
 pytest.importorskip("matplotlib")
@@ -131,6 +138,14 @@ def test_the_sustained_part_sets_smc_apart_from_its_resampling() -> None:
     # resamples; otherwise the same request as SMC at N = 4.
     assert rows["smc N=4, one block"] == rows["smc N=4"] | {"block_size": 64}
     assert "block_size" not in rows["smc N=4"]
+    # Every SMC row names its schedule: a change of the service's default leaves the rows alone.
+    every = configs(4.0, concurrent=False)
+    assert all(
+        params.get("power_resample_at") in ("block", "kv_block")
+        for params in every.values()
+        if params.get("power_method") == "smc"
+    )
+    assert rows["smc N=4"]["power_resample_at"] == "block"
 
 
 def test_the_held_out_part_asks_every_way_to_answer_but_the_floors() -> None:
@@ -183,3 +198,20 @@ def test_a_row_counts_the_engines_prefill_and_the_particles_let_go() -> None:
     assert row["engine_prefilled_per_decoded_token"] == 4.0
     assert (row["particles_chosen"], row["particles_at_end"]) == ({8: 2}, {4: 2})
     assert "engine_decoded_tokens_per_s" not in row_of([answer], None, 0.0)
+
+
+def test_spending_adds_what_the_service_spent_over_the_block(
+    tiny_service: ServiceProcess, tiny_client: openai.OpenAI
+) -> None:
+    """A row's wall time, its gateway's CPU and vLLM's counters, read around a real request and
+    added to what the row spent before (a sustained row sums its turns)."""
+    spent = Spent(seconds=1.0, cpu_s=5.0)
+    with spending(tiny_service, spent):
+        answer = tiny_client.completions.create(
+            model=TINY_MODEL_NAME, prompt="a b", max_tokens=3, n=2, seed=3, extra_body=UNCACHED
+        )
+    # Added to, not replaced (the gateway's CPU over one tiny request may be under a clock tick).
+    assert spent.seconds > 1.0 and spent.cpu_s >= 5.0
+    decoded = spent.engine["vllm:generation_tokens_total"]
+    assert decoded >= answer.usage.completion_tokens > 0
+    assert spent.engine["vllm:prompt_tokens_total"] >= 2 * len(TINY_PROMPT)

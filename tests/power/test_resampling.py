@@ -111,14 +111,18 @@ def test_a_single_surviving_weight_takes_every_slot() -> None:
 )
 def test_kv_block_resampling_horizons(prompt: int, block: int, horizons: list[int]) -> None:
     """A copy at horizon H prefills the prompt's tokens past its last whole 32-token block but the
-    last token: resample_at = kv_block keeps the horizons where that is at most one block."""
+    last token: resample_at = kv_block keeps the horizons where that is at most one block, and
+    resamples there unless the weights are even (an ESS threshold of N) where it left some out."""
     config = PowerConfig(
         max_tokens=64, method="smc", block_size=block, resample_at="kv_block", kv_block=32
     )
     found = [h for h in range(block, 65, block) if config.may_resample(prompt, h)]
     assert found == horizons
+    assert config.sparse_resampling == (block < 32)
+    assert config.ess_threshold == (1.0 if block < 32 else 0.5)
     every = PowerConfig(max_tokens=64, method="smc", block_size=block, kv_block=32)
     assert all(every.may_resample(prompt, h) for h in range(block, 65, block))
+    assert not every.sparse_resampling and every.ess_threshold == 0.5
     resubmitted = PowerConfig(
         max_tokens=64,
         method="smc",
@@ -128,3 +132,4 @@ def test_kv_block_resampling_horizons(prompt: int, block: int, horizons: list[in
         held_particles=False,
     )
     assert all(resubmitted.may_resample(prompt, h) for h in range(block, 65, block))
+    assert resubmitted.ess_threshold == 0.5

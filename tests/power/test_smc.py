@@ -135,20 +135,21 @@ def test_kv_block_resampling_law_matches_the_reference(
     """power_resample_at = kv_block on a 31-token prompt, with the engine's 32-token KV blocks and a
     block per token: a copy started at horizon 1 would prefill 32 tokens (its 32-token prompt is
     one block, never served whole from the cache), one at horizon 2 one token (33 tokens, a whole
-    block cached). So SMC may resample at horizon 2 only, and its law is the reference's run on
-    that schedule."""
+    block cached). So SMC may resample at horizon 2 only, and there unless the weights are even;
+    its law is the reference's run on that schedule."""
     prompt = (TINY_PROMPT * 16)[:31]
     config = PowerConfig(
         max_tokens=HORIZON, method="smc", block_size=1, resample_at="kv_block", kv_block=32
     )
     horizons = [h for h in range(1, HORIZON) if config.may_resample(len(prompt), h)]
-    assert horizons == [2]
+    assert horizons == [2] and config.ess_threshold == 1.0
     particles, samples = 8, 384
     law = reference_law(
         ExactModel(tiny_model_dir, prompt),
         horizon=HORIZON,
         particles=particles,
         resample_horizons=horizons,
+        threshold=config.ess_threshold,
     )
     found = served_law(
         tiny_service,
