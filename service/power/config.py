@@ -182,10 +182,11 @@ class PowerConfig:
         engine prefills the rest (1 to kv_block tokens). With "kv_block", only horizons where that
         rest is at most one SMC block qualify (one in kv_block / block_tokens horizons). Particles
         re-submitted every block prefill anyway: for them every horizon qualifies."""
-        if not self.sparse_resampling:
+        kv = self.kv_block
+        if kv is None or not self.sparse_resampling:
             return True
         prompt = prompt_tokens + horizon
-        uncached = prompt - (prompt - 1) // self.kv_block * self.kv_block
+        uncached = prompt - (prompt - 1) // kv * kv
         return uncached <= self.block_tokens
 
     @property
