@@ -108,13 +108,9 @@ def parse_args() -> argparse.Namespace:
 
 def configs(alpha: float, *, concurrent: bool) -> dict[str, dict[str, Any]]:
     """Request parameters of each row ("model" names the route)."""
+    power = {"model": "power", "temperature": 1 / alpha}
     # SMC rows name their resampling schedule, so that they stay what they are whatever the default.
-    power = {
-        "model": "power",
-        "temperature": 1 / alpha,
-        "power_method": "smc",
-        "power_resample_at": "block",
-    }
+    smc = power | {"power_method": "smc", "power_resample_at": "block"}
     rows: dict[str, dict[str, Any]] = {
         "plain": {"model": "plain"},
         "plain, temperature 1/alpha": {"model": "plain", "temperature": 1 / alpha},
@@ -124,13 +120,13 @@ def configs(alpha: float, *, concurrent: bool) -> dict[str, dict[str, Any]]:
     if not concurrent:
         for n in (8, 16):
             rows[f"floor: plain n={n}"] = {"model": "plain", "n": n, "temperature": 1 / alpha}
-    rows["smc N=4"] = power | {"power_particles": 4}
+    rows["smc N=4"] = smc | {"power_particles": 4}
     # The same, resampling only where a copy prefills at most one block (power_resample_at).
     rows["smc N=4, kv_block"] = rows["smc N=4"] | {"power_resample_at": "kv_block"}
     if not concurrent:
-        rows["smc N=8"] = power | {"power_particles": 8}
-        rows["smc N=16"] = power | {"power_particles": 16}
-    rows["smc adaptive N"] = power
+        rows["smc N=8"] = smc | {"power_particles": 8}
+        rows["smc N=16"] = smc | {"power_particles": 16}
+    rows["smc adaptive N"] = smc
     if not concurrent:  # the other ways to the same end, for the picture (slow, and not the point)
         rows["mh 4 steps, B=16"] = power | {"power_method": "mh", "mcmc_steps": 4, "block_size": 16}
         rows["distilled"] = {"model": "distilled"}
