@@ -345,8 +345,8 @@ class PowerSettings(_SettingsGroup):
         "block",
         description="Where SMC may resample: at every block's horizon (block), or only where a "
         "copy's prompt ends at most one block past a whole KV-cache block (kv_block: a copy then "
-        "prefills at most block_size tokens, not up to kv_block_size). A request's "
-        "power_resample_at overrides.",
+        "prefills at most block_size tokens, not up to kv_block_size; there it resamples unless "
+        "the weights are even). A request's power_resample_at overrides.",
     )
     power_held_particles: bool = Field(
         True,

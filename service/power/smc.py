@@ -199,8 +199,8 @@ class PowerSMCSampler:
                 #    just past a whole prefix-cache block (may_resample), and there unless the
                 #    weights are even (ess_threshold).
                 ess = effective_sample_size(log_weights)
-                degenerate = ess < config.ess_threshold * len(particles)
-                due = degenerate and config.may_resample(len(prompt_ids), horizon)
+                low = ess < config.ess_threshold * len(particles)
+                due = low and config.may_resample(len(prompt_ids), horizon)
                 keep = self._load_share(config, particles)
                 if due or keep < len(particles):
                     stats.resamples += 1
