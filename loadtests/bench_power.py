@@ -33,7 +33,7 @@ from loadtests.prompts import PROMPTS, messages
 from service.config import DEFAULT_MODEL_NAME, Settings
 from service.model_store import ensure_default_model
 
-__all__ = ["UNCACHED"]  # what bench_methods and bench_remote use
+__all__ = ["UNCACHED"]  # what the other benches and the tests use
 
 # Seeds repeat from one run to the next: the service's response cache must stay out of the figures.
 UNCACHED = {"cache": {"no-cache": True, "no-store": True}}

@@ -9,12 +9,12 @@ import httpx
 import openai
 import pytest
 
+# Seeded requests are cached; tests of the engine's own reproducibility must not read the cache.
+from loadtests.bench_power import UNCACHED
 from loadtests.tiny_model import EOS, WORDS
 from tests.conftest import TINY_MODEL_NAME, TINY_PROMPT
 
 MODEL = TINY_MODEL_NAME
-# Seeded requests are cached; tests of the engine's own reproducibility must not read the cache.
-UNCACHED = {"cache": {"no-cache": True, "no-store": True}}
 
 
 def test_models_lists_every_route(tiny_client: openai.OpenAI) -> None:

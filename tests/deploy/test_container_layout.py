@@ -58,6 +58,7 @@ import openai
 import pytest
 import redis
 
+from loadtests.bench_power import UNCACHED  # answers from the worker, not a cache
 from loadtests.harness import (
     LOOPBACK,
     RedisProcess,
@@ -97,8 +98,6 @@ REQUEST_TIMEOUT_S = 60
 # The settings of the machine running the tests must not leak into the gateway (as in
 # tests/conftest.py's clean_settings_environment).
 SETTINGS_VARIABLES = re.compile(r"POWERSERVE_.*|HOST|PORT|REDIS_URL", re.IGNORECASE)
-# Each answer comes from the worker, not from an earlier run's cached answer.
-UNCACHED = {"cache": {"no-cache": True, "no-store": True}}
 
 
 # --- the layouts, as the files describe them ----------------------------------------------------
