@@ -56,6 +56,20 @@ def test_non_streamed_disconnect_aborts_the_engine_request(default_service: Serv
     assert wait_until_idle(default_service, timeout=10) < 10
 
 
+def decoded_tokens(service: ServiceProcess) -> float:
+    """vLLM's count of tokens it has decoded: it grows with every proposal a chain makes."""
+    return service.metric("vllm:generation_tokens_total")
+
+
+def wait_for_decoding(service: ServiceProcess, since: float, timeout: float) -> None:
+    began = time.monotonic()
+    while time.monotonic() - began < timeout:
+        if decoded_tokens(service) > since:
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"the engine decoded nothing in {timeout} s of the request")
+
+
 def test_power_stream_disconnect_stops_the_chains(tiny_service: ServiceProcess) -> None:
     body = {
         "model": f"{TINY_MODEL_NAME}-power",
@@ -65,9 +79,17 @@ def test_power_stream_disconnect_stops_the_chains(tiny_service: ServiceProcess) 
         "mcmc_steps": 2000,  # minutes of proposals
         "stream": True,
     }
-    with httpx.stream("POST", f"{tiny_service.base_url}/completions", json=body, timeout=60):
-        time.sleep(2)  # chains are proposing; nothing is streamed until they end
-        assert engine_requests(tiny_service) > 0
+    before = decoded_tokens(tiny_service)
+    with httpx.stream("POST", f"{tiny_service.base_url}/completions", json=body, timeout=60) as r:
+        assert r.status_code == 200
+        # Chains are proposing; nothing is streamed until they end. A proposal of the tiny model
+        # is over in milliseconds, so the gauge of requests in the engine may read 0 at any one
+        # instant: the counter of decoded tokens is what shows the work going on.
+        wait_for_decoding(tiny_service, since=before, timeout=20)
+        proposing = decoded_tokens(tiny_service)
+        time.sleep(1)
+        assert decoded_tokens(tiny_service) > proposing  # still proposing a second later
     wait_until_idle(tiny_service, timeout=10)
-    time.sleep(1)
-    assert engine_requests(tiny_service) == 0  # and no chain goes on proposing
+    stopped = decoded_tokens(tiny_service)
+    time.sleep(2)
+    assert decoded_tokens(tiny_service) == stopped  # and no chain goes on proposing
